@@ -1,0 +1,71 @@
+"""The picture users look at: accuracy against LLM token ratio, one mark or curve per mode.
+
+Single-point modes (slm, llm, relay) are big labelled marks; swept modes (random, query,
+confidence, ...) are curves through their points in order of LLM token ratio. The x axis
+is symmetric-log so that relay's ~1% and the LLM's 100% both stay readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+# Stable colours per mode so every plot of the project reads the same.
+MODE_COLOURS = {
+    "slm": "tab:gray",
+    "llm": "black",
+    "relay": "tab:red",
+    "random": "tab:blue",
+    "query": "tab:green",
+    "confidence": "tab:orange",
+    "r2r": "tab:purple",
+    "citer": "tab:brown",
+}
+SINGLE_POINT_MARKERS = {"slm": "s", "llm": "D", "relay": "*"}
+
+
+def plot_accuracy_vs_ratio(points: Mapping[str, Iterable[tuple[float, float]]], path: str | Path,
+                           title: str = "Accuracy vs LLM token ratio") -> Path:
+    """Write a PNG of accuracy (y) vs LLM token ratio (x) for `points`: mode -> [(ratio, accuracy)].
+
+    Ratios and accuracies are fractions in [0, 1]; the axes show percent.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen here, and none needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    try:
+        for mode, pts in points.items():
+            pts = sorted((float(r), float(a)) for r, a in pts)
+            if not pts:
+                continue
+            colour = MODE_COLOURS.get(mode)
+            xs = [r * 100 for r, _ in pts]
+            ys = [a * 100 for _, a in pts]
+            if len(pts) == 1 and mode in SINGLE_POINT_MARKERS:
+                ax.scatter(xs, ys, s=160 if mode == "relay" else 80, marker=SINGLE_POINT_MARKERS[mode],
+                           color=colour, label=mode, zorder=5, edgecolors="black", linewidths=0.6)
+                ax.annotate(f"{mode} {ys[0]:.0f}%", (xs[0], ys[0]), textcoords="offset points",
+                            xytext=(6, 6), fontsize=8)
+            else:
+                ax.plot(xs, ys, marker="o", markersize=4, color=colour, label=mode, zorder=3)
+        ax.set_xscale("symlog", linthresh=1.0)  # linear below 1%, logarithmic above
+        ax.set_xlim(left=0, right=105)
+        ax.set_ylim(bottom=0, top=105)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+        ax.set_xlabel("LLM token ratio (LLM-written tokens / all response tokens)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
