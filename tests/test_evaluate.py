@@ -1,0 +1,155 @@
+"""The evaluation harness: arithmetic on hand-made records, routers, outputs, and every mode end to end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from relayllm.edge.routers import AlwaysLLMRouter, ConfidenceRouter, RandomRouter, top_probability
+from relayllm.training import evaluate as E
+
+
+def rec(i, correct, slm, llm, calls=0, wall=0.1):
+    return E.QuestionRecord(index=i, question=f"q{i}", answer="1", response="r", correct=correct,
+                            slm_tokens=slm, llm_tokens=llm, calls=calls, wall_s=wall)
+
+
+# --------------------------------------------------------------------------------------------
+# Ratio arithmetic and headline figures on hand-made records
+
+
+def test_llm_token_ratio_is_summed_over_the_data_set_not_averaged():
+    # per-question ratios 50% and 0% would average to 25%; the brief's ratio is 10 / 120.
+    records = [rec(0, True, 10, 10, calls=1), rec(1, False, 100, 0)]
+    assert E.llm_token_ratio(records) == pytest.approx(10 / 120)
+    run = E.ModeRun("relay", None, records, wall_s=2.0)
+    assert run.accuracy == 0.5
+    assert run.calls_per_question == 0.5
+    assert (run.slm_tokens, run.llm_tokens, run.tokens) == (110, 10, 120)
+    assert E.llm_token_ratio([]) == 0.0
+    assert E.llm_token_ratio([rec(0, True, 0, 0)]) == 0.0
+
+
+def test_gap_recovered():
+    assert E.gap_recovered(0.40, 0.46, 0.50) == pytest.approx(0.6)
+    assert E.gap_recovered(0.40, 0.30, 0.50) == pytest.approx(-1.0)
+    assert E.gap_recovered(0.50, 0.60, 0.50) is None  # no gap to recover
+
+
+def test_ratio_at_accuracy_interpolates_the_first_crossing():
+    curve = [(0.0, 0.2), (0.1, 0.3), (0.5, 0.7), (1.0, 0.8)]
+    assert E.ratio_at_accuracy(curve, 0.5) == pytest.approx(0.3)
+    assert E.ratio_at_accuracy(curve, 0.8) == pytest.approx(1.0)
+    assert E.ratio_at_accuracy(curve, 0.2) == pytest.approx(0.0)
+    assert E.ratio_at_accuracy(curve, 0.9) is None
+    # unsorted input, non-monotone curve: first crossing in ratio order
+    assert E.ratio_at_accuracy([(0.5, 0.6), (0.0, 0.0), (0.2, 0.6), (0.3, 0.1)], 0.3) == pytest.approx(0.1)
+
+
+def test_cost_saved_vs_random_router_at_matched_accuracy():
+    # relay: 3/4 right with 2 of 100 tokens from the LLM
+    relay = E.ModeRun("relay", None, [rec(0, True, 49, 1), rec(1, True, 49, 1), rec(2, True, 0, 0), rec(3, False, 0, 0)], 1)
+    slm = E.ModeRun("slm", None, [rec(i, i < 1, 50, 0) for i in range(4)], 1)          # 25%
+    llm = E.ModeRun("llm", None, [rec(i, True, 0, 50) for i in range(4)], 1)           # 100%
+    rnd = E.ModeRun("random", 0.5, [rec(0, True, 50, 50), rec(1, True, 50, 50), rec(2, False, 1, 0), rec(3, False, 0, 0)],
+                    1, "p")  # ratio 100/201, accuracy 50%
+    assert relay.llm_token_ratio == pytest.approx(0.02)
+    r_rand = 100 / 201
+    # curve: (0, .25) (r_rand, .5) (1, 1): .75 reached halfway between r_rand and 1
+    expected_at = r_rand + 0.5 * (1 - r_rand)
+    cost = E.cost_saved_vs_random(relay, [rnd], slm=slm, llm=llm)
+    assert cost.random_ratio == pytest.approx(expected_at)
+    assert cost.saved == pytest.approx(1 - 0.02 / expected_at)
+    # without the LLM end the random curve never reaches 75%
+    cost = E.cost_saved_vs_random(relay, [rnd], slm=slm)
+    assert cost.saved is None and cost.note.startswith("not reached")
+
+
+def test_query_router_reuses_slm_and_llm_records_for_an_exact_share():
+    slm = E.ModeRun("slm", None, [rec(i, False, 10, 0) for i in range(10)], 1)
+    llm = E.ModeRun("llm", None, [rec(i, True, 0, 20, calls=1) for i in range(10)], 1)
+    q = E.query_router_run(slm, llm, share=0.3, seed=1)
+    assert sum(r.routed_to == "llm" for r in q.records) == 3
+    assert q.accuracy == pytest.approx(0.3)
+    assert q.llm_token_ratio == pytest.approx(60 / (60 + 70))
+    assert [r.routed_to for r in q.records] == [r.routed_to for r in E.query_router_run(slm, llm, 0.3, seed=1).records]
+    assert E.query_router_run(slm, llm, 0.0).llm_token_ratio == 0.0
+    assert E.query_router_run(slm, llm, 1.0).accuracy == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Routers
+
+
+def test_random_router_share_matches_p_over_many_steps():
+    step = SimpleNamespace(logits=np.zeros(8), token=0, position=0, text="")
+    for p in (0.01, 0.1, 0.5):
+        router = RandomRouter(p, seed=3)
+        fired = sum(router.decide(step) > 0 for _ in range(50_000))
+        assert fired / 50_000 == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / 50_000) + 1e-4)
+    # with runs of 4 LLM tokens, the share of LLM *tokens* is still p
+    router = RandomRouter(0.2, seed=5, run=4)
+    llm = slm = 0
+    while llm + slm < 200_000:
+        n = router.decide(step)
+        llm, slm = (llm + n, slm) if n else (llm, slm + 1)
+    assert llm / (llm + slm) == pytest.approx(0.2, abs=0.01)
+    # same seed, same decisions
+    a, b = RandomRouter(0.3, seed=9), RandomRouter(0.3, seed=9)
+    assert [a.decide(step) for _ in range(100)] == [b.decide(step) for _ in range(100)]
+    assert all(RandomRouter(0.0).decide(step) == 0 for _ in range(100))
+    assert all(RandomRouter(1.0).decide(step) == 1 for _ in range(100))
+    with pytest.raises(ValueError):
+        RandomRouter(1.5)
+
+
+def test_confidence_router_fires_exactly_below_threshold():
+    logits = np.array([2.0, 1.0, 0.0, -1.0])
+    top = np.exp(2.0) / np.exp(logits).sum()
+    assert top_probability(logits) == pytest.approx(top)
+    assert top_probability(np.array([1000.0, 0.0])) == pytest.approx(1.0)  # no overflow
+    step = SimpleNamespace(logits=logits, token=0, position=0, text="")
+    assert ConfidenceRouter(top + 1e-6).decide(step) == 1
+    assert ConfidenceRouter(top - 1e-6).decide(step) == 0
+    assert ConfidenceRouter(0.0).decide(step) == 0
+    assert AlwaysLLMRouter(run=7).decide(step) == 7
+
+
+# --------------------------------------------------------------------------------------------
+# Data and outputs
+
+
+def test_load_jsonl_reads_and_reports_bad_lines(tmp_path):
+    good = tmp_path / "d.jsonl"
+    good.write_text('{"question": "1+1?", "answer": "2"}\n\n{"question": "2+2?", "answer": 4}\n')
+    assert E.load_jsonl(good) == [E.Example("1+1?", "2"), E.Example("2+2?", "4")]
+    assert len(E.load_jsonl(good, limit=1)) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x", "answer": "1"}\n{"question": "y"}\n')
+    with pytest.raises(E.EvalError, match="bad.jsonl:2"):
+        E.load_jsonl(bad)
+    bad.write_text("not json\n")
+    with pytest.raises(E.EvalError, match="not valid JSON"):
+        E.load_jsonl(bad)
+    with pytest.raises(E.EvalError, match="not found"):
+        E.load_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_json_markdown_and_png_are_written_and_consistent(tmp_path):
+    slm = E.ModeRun("slm", None, [rec(0, False, 10, 0), rec(1, True, 10, 0)], 1.5)
+    rnd = [E.ModeRun("random", p, [rec(0, True, 9, 1, 1), rec(1, True, 8, 2, 2)], 2.0, "p") for p in (0.1, 0.2)]
+    E.write_mode_json(tmp_path, "slm", [slm])
+    E.write_mode_json(tmp_path, "random", rnd)
+    table, plot = E.write_report(tmp_path)
+    runs = E.read_runs(tmp_path)
+    assert [r.label for r in runs] == ["slm", "random p=0.1", "random p=0.2"]
+    saved = json.loads((tmp_path / "random.json").read_text())
+    assert saved["runs"][0]["llm_token_ratio"] == pytest.approx(3 / 20)
+    assert saved["runs"][0]["accuracy"] == 1.0 and len(saved["runs"][0]["records"]) == 2
+    md = table.read_text()
+    assert "| slm | 50.0% (1/2) | 0.00% | 0.00 | 20 (20 + 0) | 1.5 s |" in md
+    assert "| random p=0.1 | 100.0% (2/2) | 15.00% | 1.50 | 20 (17 + 3) | 2.0 s |" in md
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
