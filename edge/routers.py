@@ -48,6 +48,11 @@ class RandomRouter:
         self.fire_probability = self.p / (self.run * (1.0 - self.p) + self.p) if self.p < 1.0 else 1.0
         self._rng = np.random.default_rng(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Start a fresh random stream, e.g. one per question so a question's routing does not depend on order."""
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
     def decide(self, step) -> int:
         return self.run if self._rng.random() < self.fire_probability else 0
 

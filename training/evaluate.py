@@ -414,3 +414,167 @@ def write_report(out_dir: str | Path, runs: Sequence[ModeRun] | None = None, hea
 
 def fmt_fraction(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+# ---------------------------------------------------------------------------------------
+# Answering questions through the edge SDK
+
+
+class Evaluator:
+    """Answers questions in every mode through the edge SDK's RelayDecoder.
+
+    Each GGUF is loaded once and shared by the modes that use it; one CloudClient serves
+    every mode that needs the LLM. `prompt(question)` turns a question into what the SLM
+    sees (the built-in task's own prompt format by default).
+    """
+
+    def __init__(self, *, cloud_target: str | None, grader: Grader, prompt: Callable[[str], str] | None = None,
+                 max_tokens: int = 256, max_calls: int = 4, seed: int = 0, progress: bool = True,
+                 n_ctx: int = 2048):
+        self.cloud_target = cloud_target
+        self.grader = grader
+        self.prompt = prompt or (lambda q: q)
+        self.max_tokens = max_tokens
+        self.max_calls = max_calls
+        self.seed = seed
+        self.progress = progress
+        self.n_ctx = n_ctx
+        self._models: dict[str, object] = {}
+        self._client = None
+
+    # -- parts --------------------------------------------------------------------------
+    def client(self):
+        if self.cloud_target is None:
+            raise EvalError("this mode needs the LLM: give --llm GGUF or --cloud HOST:PORT")
+        if self._client is None:
+            from relayllm.edge.client import CloudClient
+
+            self._client = CloudClient(self.cloud_target)
+        return self._client
+
+    def model(self, gguf: str | Path):
+        """A llama.cpp model for `gguf`, loaded once."""
+        key = str(Path(gguf).resolve())
+        if key not in self._models:
+            if not Path(gguf).is_file():
+                raise EvalError(f"model not found: {gguf}")
+            from llama_cpp import Llama
+
+            self._models[key] = Llama(model_path=key, n_ctx=self.n_ctx, verbose=False)
+        return self._models[key]
+
+    def decoder(self, slm: str | Path, *, cloud: bool, router=None, max_calls: int | None = None):
+        from relayllm.edge.relay import Limits, RelayDecoder
+
+        limits = Limits(max_calls=self.max_calls if max_calls is None else max_calls,
+                        max_total_tokens=self.max_tokens, max_llm_tokens=self.max_tokens)
+        return RelayDecoder(self.model(slm), cloud=self.client() if cloud else None, limits=limits,
+                            router=router, sampling=greedy_sampling())
+
+    def close(self):
+        if self._client is not None and hasattr(self._client, "close"):
+            self._client.close()
+        self._client = None
+        for m in self._models.values():
+            if hasattr(m, "close"):
+                m.close()
+        self._models.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- modes --------------------------------------------------------------------------
+    def _run(self, examples, decoder, mode, setting=None, setting_name=None, before_each=None) -> ModeRun:
+        return run_mode(examples, lambda q: decoder.generate(self.prompt(q)), self.grader, mode=mode,
+                        setting=setting, setting_name=setting_name, progress=self.progress,
+                        before_each=before_each)
+
+    def run_slm(self, examples, slm) -> ModeRun:
+        return self._run(examples, self.decoder(slm, cloud=False, max_calls=0), "slm")
+
+    def run_llm(self, examples, slm) -> ModeRun:
+        """The LLM writes every token, through the cloud; tokens counted in the SLM's tokenizer."""
+        router = AlwaysLLM(self.max_tokens)
+        return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm")
+
+    def run_relay(self, examples, relay_slm) -> ModeRun:
+        return self._run(examples, self.decoder(relay_slm, cloud=True), "relay")
+
+    def run_random(self, examples, slm, p: float) -> ModeRun:
+        from relayllm.edge.routers import RandomRouter
+
+        router = RandomRouter(p, seed=self.seed)
+
+        def fresh_router(i):  # one random stream per question: its routing does not depend on order
+            router.reseed(self.seed * 100_003 + i)
+
+        dec = self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens)
+        return self._run(examples, dec, "random", p, "p", before_each=fresh_router)
+
+    def run_confidence(self, examples, slm, threshold: float) -> ModeRun:
+        from relayllm.edge.routers import ConfidenceRouter
+
+        dec = self.decoder(slm, cloud=True, router=ConfidenceRouter(threshold), max_calls=self.max_tokens)
+        return self._run(examples, dec, "confidence", threshold, "threshold")
+
+    def run_query(self, slm_run: ModeRun, llm_run: ModeRun, share: float) -> ModeRun:
+        return query_router_run(slm_run, llm_run, share, seed=self.seed)
+
+
+def AlwaysLLM(max_tokens: int):
+    from relayllm.edge.routers import AlwaysLLMRouter
+
+    return AlwaysLLMRouter(run=max_tokens)
+
+
+def greedy_sampling():
+    """Greedy decoding on the SLM and the LLM: every mode is deterministic but for its router."""
+    from relayllm.edge import relay
+
+    return relay.Sampling(temperature=0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The built-in task and a cloud on loopback
+
+
+def builtin_examples(limit: int | None = None) -> list[Example]:
+    """The built-in task's held-out split as Examples."""
+    from relayllm.training import task
+
+    rows = task.test_split()
+    examples = [Example(str(r.question), str(r.answer)) for r in rows]
+    return examples[:limit] if limit is not None else examples
+
+
+def builtin_prompt() -> Callable[[str], str]:
+    """How the built-in task shows a question to the models (the format they were trained on)."""
+    from relayllm.training import task
+
+    return task.format_prompt
+
+
+class local_cloud:
+    """A cloud service on loopback serving `llm_gguf` with llama.cpp: `with local_cloud(p) as target: ...`."""
+
+    def __init__(self, llm_gguf: str | Path):
+        if not Path(llm_gguf).is_file():
+            raise EvalError(f"LLM model not found: {llm_gguf}")
+        self.llm_gguf = str(llm_gguf)
+        self._server = None
+
+    def __enter__(self) -> str:
+        from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+        from relayllm.cloud.server import ServerThread
+
+        self._server = ServerThread(LlamaCppBackend(self.llm_gguf))
+        self._server.__enter__()
+        return self._server.target
+
+    def __exit__(self, *exc):
+        if self._server is not None:
+            self._server.__exit__(*exc)
+            self._server = None
