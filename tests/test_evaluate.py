@@ -153,3 +153,121 @@ def test_json_markdown_and_png_are_written_and_consistent(tmp_path):
     assert "| slm | 50.0% (1/2) | 0.00% | 0.00 | 20 (20 + 0) | 1.5 s |" in md
     assert "| random p=0.1 | 100.0% (2/2) | 15.00% | 1.50 | 20 (17 + 3) | 2.0 s |" in md
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+
+
+# --------------------------------------------------------------------------------------------
+# Every mode end to end: real llama.cpp models, a real cloud on loopback
+
+
+TINY = [E.Example("What is 2 + 3? Give only the number.", "5"),
+        E.Example("What is 10 - 4? Give only the number.", "6"),
+        E.Example("What is 3 * 3? Give only the number.", "9")]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def evaluator(smollm2_path):
+    """SmolLM2-135M as both SLM and LLM (the default pair is built by its own tests), a real cloud."""
+    with E.local_cloud(smollm2_path) as target, \
+            E.Evaluator(cloud_target=target, grader=E.make_grader("math"), max_tokens=MAX_TOKENS,
+                        progress=False) as ev:
+        yield ev
+
+
+class RecordingRouter:
+    """Wraps a router and keeps every step it saw with its decision."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def decide(self, step):
+        n = self.inner.decide(step)
+        self.seen.append((np.array(step.logits, dtype=np.float64), int(step.token), n))
+        return n
+
+
+def test_slm_and_llm_modes(evaluator, smollm2_path):
+    slm = evaluator.run_slm(TINY, smollm2_path)
+    assert slm.n == 3 and slm.llm_tokens == 0 and slm.calls_per_question == 0
+    assert all(r.slm_tokens > 0 and r.response for r in slm.records)
+    assert slm.llm_token_ratio == 0.0
+
+    llm = evaluator.run_llm(TINY, smollm2_path)
+    assert llm.slm_tokens == 0 and llm.llm_tokens > 0, "the LLM writes every token in llm mode"
+    assert llm.llm_token_ratio == 1.0
+    assert all(r.calls >= 1 and not r.degraded for r in llm.records)
+    # same model, greedy on both sides: the cloud's text is the SLM's own text
+    assert [r.response for r in llm.records] == [r.response for r in slm.records]
+    assert [r.correct for r in llm.records] == [r.correct for r in slm.records]
+
+    q = evaluator.run_query(slm, llm, share=2 / 3)
+    assert sorted(r.routed_to for r in q.records) == ["llm", "llm", "slm"]
+    assert 0 < q.llm_token_ratio < 1
+
+
+def test_random_mode_hands_the_llm_about_p(evaluator, smollm2_path):
+    run = evaluator.run_random(TINY, smollm2_path, p=0.3)
+    assert run.mode == "random" and run.setting == 0.3
+    assert run.llm_tokens > 0 and run.slm_tokens > 0
+    assert sum(r.calls for r in run.records) == run.llm_tokens  # one LLM token per call (run=1)
+    assert 0.05 < run.llm_token_ratio < 0.6
+    again = evaluator.run_random(TINY, smollm2_path, p=0.3)
+    assert [r.llm_tokens for r in again.records] == [r.llm_tokens for r in run.records]  # seeded
+
+
+def test_confidence_router_fires_exactly_below_threshold_on_the_models_logits(evaluator, smollm2_path):
+    from llama_cpp import Llama
+
+    from relayllm.edge.routers import ConfidenceRouter
+
+    router = RecordingRouter(ConfidenceRouter(0.5))
+    dec = evaluator.decoder(smollm2_path, cloud=True, router=router, max_calls=MAX_TOKENS)
+    result = dec.generate(TINY[0].question)
+    assert router.seen, "the router was asked"
+    fired = [n > 0 for _, _, n in router.seen]
+    for logits, token, n in router.seen:
+        assert (n > 0) == (top_probability(logits) < 0.5)
+        assert token == int(np.argmax(logits))  # greedy: the candidate is the logits' own argmax
+    assert result.calls == sum(fired)
+    # the first step's logits are the model's own logits after the prompt
+    ref = Llama(model_path=str(smollm2_path), n_ctx=512, logits_all=False, verbose=False)
+    ref.eval(ref.tokenize(TINY[0].question.encode(), add_bos=True, special=True))
+    own = np.array(ref.scores[ref.n_tokens - 1], dtype=np.float64)
+    np.testing.assert_allclose(router.seen[0][0], own, rtol=1e-3, atol=1e-3)
+
+    run = evaluator.run_confidence(TINY, smollm2_path, threshold=0.5)
+    assert run.setting_name == "threshold" and run.llm_tokens == sum(r.calls for r in run.records)
+
+
+def test_relay_mode_counts_calls_and_writes_outputs(evaluator, smollm2_path, tmp_path):
+    run = evaluator.run_relay(TINY, smollm2_path)
+    assert run.n == 3 and all(not r.degraded for r in run.records)
+    assert run.llm_token_ratio == pytest.approx(E.llm_token_ratio(run.records))
+    E.write_mode_json(tmp_path, "relay", [run])
+    E.write_report(tmp_path)
+    saved = json.loads((tmp_path / "relay.json").read_text())["runs"][0]
+    assert saved["accuracy"] == run.accuracy and saved["tokens"] == run.tokens
+    assert [r["response"] for r in saved["records"]] == [r.response for r in run.records]
+    assert (tmp_path / E.PLOT_FILE).is_file() and "| relay |" in (tmp_path / E.TABLE_FILE).read_text()
+
+
+def test_eval_cli_runs_modes_into_one_folder(smollm2_path, tmp_path, capsys):
+    from relayllm.edge.cli import main
+
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps({"question": e.question, "answer": e.answer}) + "\n" for e in TINY))
+    out = tmp_path / "out"
+    common = ["--data", str(data), "--slm", str(smollm2_path), "--llm", str(smollm2_path), "--limit", "2",
+              "--max-tokens", "16", "--out", str(out), "--no-progress"]
+    assert main(["eval", "--mode", "slm", *common]) == 0
+    assert main(["eval", "--mode", "random", "--ratio", "0.2", "0.5", *common]) == 0
+    assert "random p=0.5" in capsys.readouterr().out
+    labels = [r.label for r in E.read_runs(out)]
+    assert labels == ["slm", "random p=0.2", "random p=0.5"]
+    assert "| random p=0.2 |" in (out / E.TABLE_FILE).read_text()
+    # readable errors, exit status 2
+    assert main(["eval", "--mode", "random", *common]) == 2  # no --ratio and no relay run to match
+    assert "run --mode relay first" in capsys.readouterr().err
+    assert main(["eval", "--mode", "slm", "--data", str(tmp_path / "nope.jsonl"), "--slm", str(smollm2_path),
+                 "--out", str(out)]) == 2
+    assert "data file not found" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def plot_accuracy_vs_ratio(points: Mapping[str, Iterable[tuple[float, float]]], 
             else:
                 ax.plot(xs, ys, marker="o", markersize=4, color=colour, label=mode, zorder=3)
         ax.set_xscale("symlog", linthresh=1.0)  # linear below 1%, logarithmic above
-        ax.set_xlim(left=0, right=105)
+        ax.set_xlim(left=0, right=150)
         ax.set_ylim(bottom=0, top=105)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
