@@ -1,0 +1,371 @@
+"""Cloud benchmarks and the loopback load function, spoken over the real gRPC contract.
+
+The client side here uses the generated stub directly (no edge SDK in between), so what
+is measured is the service: tokens prefilled per call, wall time, bytes on the wire, and
+the server's own split of each call (Usage: queue, prefill, generate). Each comparison is
+made in the same run on the same server, calls of the two variants alternating.
+
+`run_load` is the load generator the reliability suite reuses: many concurrent sessions
+for a bounded time; requests/s, p50/p95/p99 Help latency, errors by status, peak RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import grpc
+
+from relayllm.protos import relay_pb2 as pb
+from relayllm.protos import relay_pb2_grpc
+
+# The prompt and the text "the SLM writes" between calls. Fixed text, so that every
+# variant of a comparison sees exactly the same deltas.
+PROMPT = "Question: A train travels 120 km in 1.5 hours, then 200 km in 2.5 hours. What is its average speed?\nAnswer:"
+SLM_TEXT = (
+    " First add the distances: 120 km plus 200 km is 320 km in all. Then add the times: "
+    "1.5 hours plus 2.5 hours is 4 hours. The average speed is the whole distance divided by "
+    "the whole time, so we divide 320 by 4. Let us check each step once more before the end. "
+    "The first part of the trip has a speed of 120 / 1.5 = 80 km per hour. The second part "
+    "has a speed of 200 / 2.5 = 80 km per hour as well. Both parts have the same speed, so "
+    "the average must also be 80 km per hour, which agrees with 320 / 4 = 80. "
+)
+
+GREEDY = pb.Sampling(temperature=0.0)
+
+
+def stub_for(target: str, **channel_options) -> tuple[grpc.Channel, relay_pb2_grpc.RelayStub]:
+    channel = grpc.insecure_channel(target, options=list(channel_options.items()))
+    return channel, relay_pb2_grpc.RelayStub(channel)
+
+
+@dataclass
+class CallRecord:
+    """One Help call as the client saw it, with the server's own accounting."""
+
+    wall_s: float  # client: request sent -> Done received
+    first_piece_s: float  # client: request sent -> first token
+    request_bytes: int  # serialized HelpRequest
+    reply_bytes: int  # serialized HelpReply messages, summed
+    prefilled_tokens: int
+    reused_tokens: int
+    generated_tokens: int
+    server_s: float
+    queue_s: float
+    prefill_s: float
+    generate_s: float
+    text: str = ""
+    session_length: int = 0
+    session_crc32: int = 0
+
+    @property
+    def network_s(self) -> float:
+        """Client wall time the server did not account for: wire, (de)serialization, scheduling."""
+        return max(0.0, self.wall_s - self.server_s)
+
+
+def help_call(stub, session_id: str, context: pb.Context, max_tokens: int, *, sampling=GREEDY,
+              timeout: float = 120.0, metadata=None) -> CallRecord:
+    request = pb.HelpRequest(session_id=session_id, context=context, max_tokens=max_tokens, sampling=sampling)
+    start = time.perf_counter()
+    first = None
+    reply_bytes = 0
+    pieces: list[str] = []
+    done = None
+    for reply in stub.Help(request, timeout=timeout, metadata=metadata):
+        reply_bytes += reply.ByteSize()
+        if reply.HasField("piece"):
+            if first is None:
+                first = time.perf_counter()
+            pieces.append(reply.piece.text)
+        else:
+            done = reply.done
+    end = time.perf_counter()
+    if done is None:
+        raise RuntimeError("Help stream ended without Done")
+    u = done.usage
+    return CallRecord(
+        wall_s=end - start, first_piece_s=(first or end) - start, request_bytes=request.ByteSize(),
+        reply_bytes=reply_bytes, prefilled_tokens=u.prefilled_tokens, reused_tokens=u.reused_tokens,
+        generated_tokens=u.generated_tokens, server_s=u.server_seconds, queue_s=u.queue_seconds,
+        prefill_s=u.prefill_seconds, generate_s=u.generate_seconds, text="".join(pieces),
+        session_length=done.session_length, session_crc32=done.session_crc32,
+    )
+
+
+class TextSession:
+    """The client's copy of a text-mode session, so that each call sends only a delta."""
+
+    def __init__(self, stub, session_id: str | None = None, *, metadata=None):
+        self.stub = stub
+        self.session_id = session_id or f"bench-{uuid.uuid4().hex[:16]}"
+        self.metadata = metadata
+        self.text = b""  # what the cloud holds
+        self.pending = ""  # written here, not yet sent
+
+    def _context(self, delta: str, *, full: bool) -> pb.Context:
+        if full or not self.text:
+            return pb.Context(base_length=0, text=self.text.decode("utf-8", "replace") + delta)
+        return pb.Context(base_length=len(self.text), base_crc32=zlib.crc32(self.text), text=delta)
+
+    def _settle(self, sent: str, full: bool, length: int, crc: int, generated: str = "") -> None:
+        self.text = (b"" if full else self.text) + sent.encode("utf-8") + generated.encode("utf-8")
+        if len(self.text) != length or zlib.crc32(self.text) != crc:
+            raise RuntimeError(f"session {self.session_id}: client copy ({len(self.text)} bytes) "
+                               f"disagrees with the cloud ({length} bytes)")
+
+    def help(self, delta: str, max_tokens: int, *, full: bool = False, **kw) -> CallRecord:
+        """Help with what was written since the last call (`full`: resend the whole prefix)."""
+        sent = (self.text.decode("utf-8") if full else "") + self.pending + delta
+        record = help_call(self.stub, self.session_id, self._context(self.pending + delta, full=full),
+                           max_tokens, metadata=self.metadata, **kw)
+        self.pending = ""
+        self._settle(sent, full, record.session_length, record.session_crc32, record.text)
+        return record
+
+    def sync(self, delta: str, *, timeout: float = 120.0) -> pb.SyncReply:
+        """Send what was written without asking for tokens (background session sync)."""
+        sent = self.pending + delta
+        reply = self.stub.Sync(pb.SyncRequest(session_id=self.session_id, context=self._context(sent, full=False)),
+                               timeout=timeout, metadata=self.metadata)
+        self.pending = ""
+        self._settle(sent, not self.text, reply.session_length, reply.session_crc32)
+        return reply
+
+    def end(self) -> None:
+        try:
+            self.stub.EndSession(pb.EndSessionRequest(session_id=self.session_id), timeout=10,
+                                 metadata=self.metadata)
+        except grpc.RpcError:
+            pass
+
+
+def slm_deltas(calls: int, delta_chars: int) -> list[str]:
+    """The text the SLM writes before each call: consecutive slices of SLM_TEXT."""
+    text = SLM_TEXT * (1 + (calls * delta_chars) // len(SLM_TEXT))
+    return [text[i * delta_chars:(i + 1) * delta_chars] for i in range(calls)]
+
+
+# --- KV reuse vs re-prefill ----------------------------------------------------------------
+
+def prefill_reuse_vs_resend(target: str, *, calls: int = 6, delta_chars: int = 200, max_tokens: int = 16) -> dict:
+    """A long answer with `calls` calls, two ways, alternating call by call:
+    `session`: each call sends only the delta and the cloud reuses the session's KV cache;
+    `resend`: each call sends the whole prefix and the cloud prefills it all (the references)."""
+    channel, stub = stub_for(target)
+    reuse, resend = TextSession(stub), TextSession(stub)
+    rows = []
+    try:
+        for i, delta in enumerate(slm_deltas(calls, delta_chars)):
+            first = i == 0
+            a = reuse.help((PROMPT if first else "") + delta, max_tokens)
+            b = resend.help((PROMPT if first else "") + delta, max_tokens, full=True)
+            rows.append({"call": i + 1, "session": asdict(a), "resend": asdict(b)})
+    finally:
+        reuse.end(), resend.end()
+        channel.close()
+    later = rows[1:] or rows  # the first call prefills the prompt either way
+
+    def total(kind, key):
+        return sum(r[kind][key] for r in later)
+
+    return {
+        "calls": calls, "delta_chars": delta_chars, "max_tokens": max_tokens, "per_call": rows,
+        "session_prefilled_tokens": total("session", "prefilled_tokens"),
+        "resend_prefilled_tokens": total("resend", "prefilled_tokens"),
+        "session_wall_s": total("session", "wall_s"),
+        "resend_wall_s": total("resend", "wall_s"),
+        "session_prefill_s": total("session", "prefill_s"),
+        "resend_prefill_s": total("resend", "prefill_s"),
+        "session_request_bytes": total("session", "request_bytes"),
+        "resend_request_bytes": total("resend", "request_bytes"),
+        "last_call": rows[-1],
+    }
+
+
+def latency_split(records: list[dict]) -> dict:
+    """Mean of each part of a Help call: network (client wall - server), queue, prefill, generate."""
+    def mean(key):
+        return statistics.fmean(r[key] for r in records)
+
+    wall = mean("wall_s")
+    server = mean("server_s")
+    return {"calls": len(records), "wall_s": wall, "network_s": max(0.0, wall - server), "server_s": server,
+            "queue_s": mean("queue_s"), "prefill_s": mean("prefill_s"), "generate_s": mean("generate_s"),
+            "first_piece_s": mean("first_piece_s")}
+
+
+# --- session sync: the cloud's cache warm before the call ------------------------------------
+
+def sync_vs_cold(target: str, *, calls: int = 6, delta_chars: int = 200, max_tokens: int = 16) -> dict:
+    """Call latency when the delta arrives with the call (`cold`) vs when it was synced while
+    the SLM wrote (`synced`: a Sync RPC before the call, not timed, as it overlaps the SLM)."""
+    channel, stub = stub_for(target)
+    cold, synced = TextSession(stub), TextSession(stub)
+    rows = []
+    try:
+        for i, delta in enumerate(slm_deltas(calls, delta_chars)):
+            text = (PROMPT if i == 0 else "") + delta
+            a = cold.help(text, max_tokens)
+            synced.sync(text)
+            b = synced.help("", max_tokens)
+            rows.append({"call": i + 1, "cold": asdict(a), "synced": asdict(b)})
+    finally:
+        cold.end(), synced.end()
+        channel.close()
+    later = rows[1:] or rows
+    return {
+        "calls": calls, "delta_chars": delta_chars, "max_tokens": max_tokens, "per_call": rows,
+        "cold_wall_s": statistics.median(r["cold"]["wall_s"] for r in later),
+        "synced_wall_s": statistics.median(r["synced"]["wall_s"] for r in later),
+        "cold_prefilled_tokens": statistics.median(r["cold"]["prefilled_tokens"] for r in later),
+        "synced_prefilled_tokens": statistics.median(r["synced"]["prefilled_tokens"] for r in later),
+        "cold_generate_s": statistics.median(r["cold"]["generate_s"] for r in later),
+        "synced_generate_s": statistics.median(r["synced"]["generate_s"] for r in later),
+    }
+
+
+# --- load: many sessions at once -----------------------------------------------------------
+
+def _rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+@dataclass
+class LoadReport:
+    sessions: int
+    duration_s: float
+    requests: int
+    errors: int
+    errors_by_code: dict = field(default_factory=dict)
+    resends: int = 0  # FAILED_PRECONDITION answered by resending the whole prefix (evicted session)
+    requests_per_s: float = 0.0
+    generated_tokens: int = 0
+    tokens_per_s: float = 0.0
+    latency_p50_s: float = float("nan")
+    latency_p95_s: float = float("nan")
+    latency_p99_s: float = float("nan")
+    first_piece_p50_s: float = float("nan")
+    queue_p50_s: float = float("nan")
+    peak_rss_mib: float = float("nan")  # of `rss_pid` (the server's process), sampled every 50 ms
+    rss_start_mib: float = float("nan")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_load(target: str, *, sessions: int, duration_s: float | None = None, calls_per_session: int | None = None,
+             max_tokens: int = 8, delta_chars: int = 120, metadata=None, rss_pid: int | None = None,
+             timeout: float = 120.0) -> LoadReport:
+    """`sessions` concurrent relay sessions against `target` on loopback. Each session sends
+    the prompt, then keeps appending `delta_chars` of new text and asking for `max_tokens`
+    tokens, like an edge relaying a long answer, until `duration_s` has passed or it has made
+    `calls_per_session` calls. Errors are counted by status code, never raised."""
+    if duration_s is None and calls_per_session is None:
+        raise ValueError("give duration_s or calls_per_session")
+    rss_pid = rss_pid or os.getpid()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    first_pieces: list[float] = []
+    queues: list[float] = []
+    errors: dict[str, int] = {}
+    counters = {"requests": 0, "resends": 0, "tokens": 0}
+    stop_at = time.perf_counter() + duration_s if duration_s is not None else float("inf")
+    peak = [_rss_mib(rss_pid)]
+    rss_start = peak[0]
+    sampling_done = threading.Event()
+
+    def sample_rss():
+        while not sampling_done.wait(0.05):
+            peak[0] = max(peak[0], _rss_mib(rss_pid))
+
+    channel, stub = stub_for(target)
+
+    def worker(index: int):
+        session = TextSession(stub, f"load-{index}-{uuid.uuid4().hex[:8]}", metadata=metadata)
+        deltas = slm_deltas(64, delta_chars)
+        made = 0
+        while time.perf_counter() < stop_at and (calls_per_session is None or made < calls_per_session):
+            delta = (PROMPT if made == 0 else "") + deltas[made % len(deltas)]
+            try:
+                try:
+                    record = session.help(delta, max_tokens, timeout=timeout)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                    with lock:
+                        counters["resends"] += 1
+                    session.pending = ""
+                    record = session.help(delta, max_tokens, full=True, timeout=timeout)
+            except grpc.RpcError as exc:
+                with lock:
+                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    counters["requests"] += 1
+                session = TextSession(stub, f"load-{index}-{uuid.uuid4().hex[:8]}", metadata=metadata)
+                made = 0
+                continue
+            except RuntimeError as exc:  # client/cloud disagreement: a correctness error
+                with lock:
+                    errors["MISMATCH"] = errors.get("MISMATCH", 0) + 1
+                    counters["requests"] += 1
+                session = TextSession(stub, f"load-{index}-{uuid.uuid4().hex[:8]}", metadata=metadata)
+                made = 0
+                del exc
+                continue
+            made += 1
+            with lock:
+                counters["requests"] += 1
+                counters["tokens"] += record.generated_tokens
+                latencies.append(record.wall_s)
+                first_pieces.append(record.first_piece_s)
+                queues.append(record.queue_s)
+        session.end()
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    sampling_done.set()
+    sampler.join()
+    channel.close()
+    n_errors = sum(errors.values())
+    return LoadReport(
+        sessions=sessions, duration_s=elapsed, requests=counters["requests"], errors=n_errors,
+        errors_by_code=errors, resends=counters["resends"],
+        requests_per_s=(counters["requests"] - n_errors) / elapsed if elapsed > 0 else 0.0,
+        generated_tokens=counters["tokens"], tokens_per_s=counters["tokens"] / elapsed if elapsed > 0 else 0.0,
+        latency_p50_s=_percentile(latencies, 0.50), latency_p95_s=_percentile(latencies, 0.95),
+        latency_p99_s=_percentile(latencies, 0.99), first_piece_p50_s=_percentile(first_pieces, 0.5),
+        queue_p50_s=_percentile(queues, 0.5), peak_rss_mib=peak[0], rss_start_mib=rss_start,
+    )
+
+
+def concurrency_sweep(target: str, levels=(1, 4, 16, 64), *, calls_per_session: int = 3, max_tokens: int = 8,
+                      rss_pid: int | None = None) -> list[dict]:
+    """Aggregate tokens/s and latency as the number of concurrent sessions grows. Every level
+    does the same work per session (`calls_per_session` calls), so levels compare fairly."""
+    return [run_load(target, sessions=n, calls_per_session=calls_per_session, max_tokens=max_tokens,
+                     rss_pid=rss_pid).as_dict() for n in levels]

