@@ -119,6 +119,62 @@ def _median_run(runs: list[DecodeRun]) -> dict:
     }
 
 
+# --- splice: appending the cloud's N tokens to the SLM's context -----------------------------
+
+CLOUD_TEXT = (
+    " so the answer is 80 km per hour. To see why, note that both legs of the trip have the same "
+    "speed, and when every part of a trip has one speed the average is that speed as well; the "
+    "general rule divides the whole distance by the whole time, which gives the same result here."
+)
+
+
+def splice_cost(llm, sizes: list[int], rounds: int) -> dict:
+    """Time to append N tokens written by the cloud after a prompt: llama.cpp evaluating them
+    as one batch (the floor), one by one (the naive way), and through the SDK's splice."""
+    prompt = llm.tokenize(PROMPT.encode("utf-8"), add_bos=True, special=False)
+    cloud = llm.tokenize((CLOUD_TEXT * 4).encode("utf-8"), add_bos=False, special=False)
+    splice = _sdk_splicer(llm)
+    out = {"prompt_tokens": len(prompt), "by_tokens": {}}
+    if isinstance(splice, str):
+        out["sdk_error"] = splice
+    for n in sizes:
+        tokens = cloud[:n]
+        batch, single, sdk = [], [], []
+        for _ in range(rounds):
+            for kind, times in (("batch", batch), ("single", single), ("sdk", sdk)):
+                if kind == "sdk" and isinstance(splice, str):
+                    continue
+                llm.reset()
+                llm.eval(prompt)
+                start = time.perf_counter()
+                if kind == "batch":
+                    llm.eval(tokens)
+                elif kind == "single":
+                    for t in tokens:
+                        llm.eval([t])
+                else:
+                    splice(tokens)
+                times.append(time.perf_counter() - start)
+        row = {"batch_s": statistics.median(batch), "one_by_one_s": statistics.median(single)}
+        if sdk:
+            row["sdk_s"] = statistics.median(sdk)
+        out["by_tokens"][str(n)] = row
+    return out
+
+
+def _sdk_splicer(llm):
+    """A callable that appends cloud tokens to `llm`'s context the way the SDK does, or a
+    string saying why there is none."""
+    try:
+        from relayllm.edge import relay
+    except ImportError as exc:
+        return f"edge SDK not importable: {exc}"
+    fn = getattr(relay, "append_tokens", None)
+    if fn is None:
+        return "the edge SDK exposes no splice function (relayllm.edge.relay.append_tokens)"
+    return lambda tokens: fn(llm, tokens)
+
+
 # --- time to first token and memory, each in a fresh process --------------------------------
 
 def _peak_rss_mib() -> float:

@@ -115,10 +115,11 @@ def run_edge(cfg: dict, progress) -> tuple[dict, list[Figure]]:
 
     progress("edge: time to first token and memory, each model in a fresh process")
     models = {"SmolLM2-135M": slm_path}
-    try:
-        models["Gemma3-270M"] = gemma3_gguf()
-    except ModelNotFound as exc:
-        out["gemma3_error"] = str(exc)
+    if cfg.get("gemma3", True):
+        try:
+            models["Gemma3-270M"] = gemma3_gguf()
+        except ModelNotFound as exc:
+            out["gemma3_error"] = str(exc)
     fp = bench_edge.device_footprints(models, max_tokens=cfg["footprint_tokens"])
     out["footprint"] = fp
     for model, engines in fp.items():
@@ -264,6 +265,7 @@ def config(quick: bool, args=None) -> dict:
         "levels": [int(x) for x in levels.split(",")] if levels else ([1, 4, 16] if quick else [1, 4, 16, 64]),
         "load_calls": 2 if quick else 3,
         "load_tokens": 8,
+        "gemma3": True,
         "edge_sync": True,
         "edge_sync_calls": 3 if quick else 5,
     }
@@ -286,6 +288,13 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
     return result
 
 
+def write_results(result: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bench.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return path
+
+
 def run(args) -> int:
     from relayllm.edge.cli import CliError
 
@@ -294,12 +303,10 @@ def run(args) -> int:
         if not Path(cfg[key]).is_file():
             raise CliError(f"--{key}: no such GGUF file: {cfg[key]}")
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     progress = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     progress(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {NO_GPU_NOTE}")
     result = bench(cfg, args.only, progress)
-    path = out_dir / "bench.json"
-    path.write_text(json.dumps(result, indent=2, default=str))
+    path = write_results(result, out_dir)
     m = result["machine"]
     print(result["table"])
     print(f"\nload average before {m['loadavg_1_5_15'][0]}, after {m['loadavg_after'][0]} on {m['cpu_count']} cores; "

@@ -1,0 +1,90 @@
+"""`relayllm bench` in miniature: it runs end to end on the real engines and writes JSON with
+every figure beside its peer. No timing thresholds: only counts and structure are checked
+(tokens prefilled, bytes sent, errors), which a broken bench or a broken cloud would change."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from relayllm.training import bench
+
+
+@pytest.fixture(scope="module")
+def mini_result(smollm2_path, tmp_path_factory):
+    cfg = bench.config(quick=True)
+    cfg.update(slm=str(smollm2_path), llm=str(smollm2_path), rounds=1, decode_tokens=24, splice_tokens=[8],
+               footprint_tokens=8, calls=3, call_tokens=4, levels=[1, 3], load_calls=2, load_tokens=4,
+               gemma3=False, edge_sync_calls=2)
+    result = bench.bench(cfg, progress=lambda msg: None)
+    path = bench.write_results(result, tmp_path_factory.mktemp("bench"))
+    return json.loads(path.read_text())
+
+
+def _figure(result, prefix):
+    found = [f for f in result["figures"] if f["name"].startswith(prefix)]
+    assert found, f"no figure named {prefix!r}; have {[f['name'] for f in result['figures']]}"
+    return found[0]
+
+
+def test_every_figure_has_a_peer_and_sane_values(mini_result):
+    assert mini_result["figures"]
+    for f in mini_result["figures"]:
+        assert set(f) >= {"group", "name", "value", "unit", "peer_name", "peer_value", "ratio", "goal", "met"}
+        assert f["peer_name"], f
+        assert math.isfinite(f["value"]) and f["value"] >= 0, f
+        assert f["peer_value"] is not None and math.isfinite(f["peer_value"]) and f["peer_value"] >= 0, f
+    assert "no GPU" in mini_result["machine"]["gpu"]
+    assert mini_result["table"].count("\n") >= len(mini_result["figures"])
+
+
+def test_edge_sdk_decodes_like_llama_cpp(mini_result):
+    decode = mini_result["edge"]["decode"]
+    assert decode["llama_cpp"]["tokens"] == 24
+    assert decode["sdk"]["tokens"] == 24  # greedy, no EOS: the SDK writes exactly as many tokens
+    assert decode["decode_ratio"] > 0
+    fp = mini_result["edge"]["footprint"]["SmolLM2-135M"]
+    for engine in ("llama.cpp", "sdk"):
+        assert "error" not in fp[engine], fp[engine]
+        # The weights are mapped and touched: the process holds at least most of the file.
+        assert fp[engine]["rss_peak_mib"] > 0.5 * fp[engine]["model_file_mib"]
+
+
+def test_session_reuse_prefills_only_the_delta(mini_result):
+    r = mini_result["cloud"]["reuse_vs_resend"]
+    for row in r["per_call"][1:]:
+        s, full = row["session"], row["resend"]
+        assert s["prefilled_tokens"] < full["prefilled_tokens"]
+        assert s["reused_tokens"] > 0 and full["reused_tokens"] == 0
+        assert s["request_bytes"] < full["request_bytes"]
+        assert s["generated_tokens"] == full["generated_tokens"] == 4
+    # The resent prefix grows call by call; the delta does not.
+    resent = [row["resend"]["prefilled_tokens"] for row in r["per_call"]]
+    assert resent == sorted(resent) and resent[-1] > resent[0]
+
+
+def test_synced_call_prefills_nothing(mini_result):
+    s = mini_result["cloud"]["sync"]
+    for row in s["per_call"]:
+        assert row["synced"]["prefilled_tokens"] <= 1  # all was synced before the call
+        assert row["cold"]["prefilled_tokens"] > row["synced"]["prefilled_tokens"]
+
+
+def test_load_sweep_has_no_errors(mini_result):
+    sweep = mini_result["cloud"]["concurrency"]
+    assert [row["sessions"] for row in sweep] == [1, 3]
+    for row in sweep:
+        assert row["errors"] == 0, row["errors_by_code"]
+        assert row["requests"] == row["sessions"] * 2
+        assert row["generated_tokens"] == row["requests"] * 4
+        assert row["latency_p50_s"] <= row["latency_p99_s"]
+        assert row["peak_rss_mib"] >= row["rss_start_mib"] > 0
+
+
+def test_cli_refuses_a_missing_model(tmp_path, capsys):
+    from relayllm.edge.cli import main
+
+    assert main(["bench", "--only", "edge", "--slm", str(tmp_path / "nope.gguf"), "--out", str(tmp_path)]) == 2
+    assert "no such GGUF file" in capsys.readouterr().err
