@@ -175,6 +175,67 @@ def _sdk_splicer(llm):
     return lambda tokens: fn(llm, tokens)
 
 
+# --- relay calls with and without the background session sync -----------------------------
+
+class EveryKRouter:
+    """Forces a call for `n` tokens at every `k`-th token the SLM is about to write (at most
+    `calls` calls), so that the relay with and without sync makes the same calls."""
+
+    def __init__(self, k: int, n: int, calls: int):
+        self.k, self.n, self.calls = k, n, calls
+        self.seen = self.made = 0
+
+    def decide(self, step) -> int:
+        self.seen += 1
+        if self.made < self.calls and self.seen % self.k == 0:
+            self.made += 1
+            return self.n
+        return 0
+
+
+def relay_sync_latency(cfg: dict) -> dict:
+    """The relay through the SDK against a real cloud on loopback: calls at fixed intervals,
+    alternately with `sync_every_tokens` and without. The edge runs llama.cpp on one thread
+    and the cloud on the other core, as two machines would."""
+    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.server import ServerThread
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.events import CallFinished
+    from relayllm.edge.relay import Limits, RelayDecoder, Sampling
+
+    calls, interval, n = cfg["edge_sync_calls"], cfg.get("edge_sync_interval", 48), cfg["call_tokens"]
+    sync_every = cfg.get("sync_every_tokens", 8)
+    max_tokens = calls * (interval + n) + interval
+    llm = open_llama(cfg["slm"], n_threads=1)
+    latencies: dict[str, list[float]] = {"with": [], "without": []}
+    prefilled: dict[str, list[int]] = {"with": [], "without": []}
+    with ServerThread(LlamaCppBackend(str(cfg["llm"]), n_ctx=cfg["n_ctx"], max_sessions=4)) as server:
+        client = CloudClient(server.target)
+        try:
+            for _ in range(cfg.get("edge_sync_rounds", 2)):
+                for mode in ("without", "with"):
+                    extra = {"sync_every_tokens": sync_every} if mode == "with" else {}
+                    llm.reset()
+                    decoder = RelayDecoder(llm, cloud=client, router=EveryKRouter(interval, n, calls),
+                                           limits=Limits(max_calls=calls, max_total_tokens=max_tokens),
+                                           sampling=Sampling(temperature=0.0), **extra)
+                    for event in decoder.stream(PROMPT):
+                        if isinstance(event, CallFinished) and event.ok:
+                            latencies[mode].append(event.latency_s)
+                            usage = getattr(event, "usage", None)
+                            if usage is not None:
+                                prefilled[mode].append(int(getattr(usage, "prefilled_tokens", 0)))
+        finally:
+            if hasattr(client, "close"):
+                client.close()
+    out = {"calls_per_answer": calls, "tokens_between_calls": interval, "call_tokens": n,
+           "sync_every_tokens": sync_every, "latencies_s": latencies, "prefilled_tokens": prefilled}
+    if latencies["with"] and latencies["without"]:
+        out["with_sync_call_s"] = statistics.median(latencies["with"])
+        out["without_sync_call_s"] = statistics.median(latencies["without"])
+    return out
+
+
 # --- time to first token and memory, each in a fresh process --------------------------------
 
 def _peak_rss_mib() -> float:
