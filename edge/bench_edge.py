@@ -119,6 +119,58 @@ def _median_run(runs: list[DecodeRun]) -> dict:
     }
 
 
+# --- command detection and events: per-token bookkeeping of the SDK ------------------------
+
+def _decoded_pieces(llm, prompt: str, max_tokens: int) -> tuple[list[str], float]:
+    """The text pieces of a greedy decode, and the decode time per token (llama.cpp)."""
+    llm.reset()
+    pieces, stamps = [], []
+    for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
+        pieces.append(chunk["choices"][0]["text"])
+        stamps.append(time.perf_counter())
+    per_token = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+    return pieces, per_token
+
+
+def detection_cost(llm, prompt: str, max_tokens: int, repeats: int = 200) -> dict:
+    """Microseconds per token that the SDK's command detector and event objects add, fed
+    the pieces of a real decode (with a command spliced in, so the detector's slow path
+    runs too), against the microseconds llama.cpp spends decoding a token."""
+    pieces, decode_s = _decoded_pieces(llm, prompt, max_tokens)
+    half = len(pieces) // 2
+    pieces = pieces[:half] + ["<", "call", ">", "1", "6", "</", "call", ">"] + pieces[half:]
+    out = {"tokens": len(pieces), "decode_us_per_token": decode_s * 1e6}
+    try:
+        feed_all = _sdk_detector_loop()
+    except (ImportError, AttributeError) as exc:
+        out["sdk_error"] = f"edge SDK command detector not available: {exc}"
+        return out
+    feed_all(pieces)  # warm
+    start = time.perf_counter()
+    for _ in range(repeats):
+        feed_all(pieces)
+    out["sdk_us_per_token"] = (time.perf_counter() - start) / (repeats * len(pieces)) * 1e6
+    out["share_of_decode"] = out["sdk_us_per_token"] / out["decode_us_per_token"]
+    return out
+
+
+def _sdk_detector_loop():
+    """A function that pushes token pieces through the SDK's detector and builds the events
+    the SDK would emit for them."""
+    from relayllm.edge import command
+    from relayllm.edge.events import TextPiece
+
+    detector_cls = command.CommandDetector
+
+    def feed_all(pieces):
+        detector = detector_cls()
+        for piece in pieces:
+            detector.feed(piece)
+            TextPiece(piece, "slm")
+
+    return feed_all
+
+
 # --- splice: appending the cloud's N tokens to the SLM's context -----------------------------
 
 CLOUD_TEXT = (

@@ -134,9 +134,13 @@ def run_edge(cfg: dict, progress) -> tuple[dict, list[Figure]]:
                                     raw["rss_peak_mib"], "MiB"))
         figs.append(Figure.pair("edge", f"{model} peak RSS, llama.cpp", raw["rss_peak_mib"], "GGUF file size",
                                 raw["model_file_mib"], "MiB"))
-        figs.append(Figure.pair("edge", f"{model} decode tok/s, llama.cpp", raw["decode_tok_s"],
-                                "SmolLM2-135M llama.cpp", fp["SmolLM2-135M"]["llama.cpp"].get("decode_tok_s"),
-                                "tok/s"))
+        smol = fp["SmolLM2-135M"]["llama.cpp"]
+        if model != "SmolLM2-135M" and "error" not in smol:
+            figs.append(Figure.pair("edge", f"{model} decode tok/s, llama.cpp", raw["decode_tok_s"],
+                                    "SmolLM2-135M llama.cpp", smol["decode_tok_s"], "tok/s"))
+            figs.append(Figure.pair("edge", f"{model} cold start to first token, llama.cpp",
+                                    raw["cold_start_to_first_token_s"] * 1e3, "SmolLM2-135M llama.cpp",
+                                    smol["cold_start_to_first_token_s"] * 1e3, "ms"))
     return out, figs
 
 
@@ -210,6 +214,25 @@ def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     return out, figs
 
 
+def _not_measured(result: dict) -> list[str]:
+    """Every part of the bench that could not run, and why (printed under the table)."""
+    notes = []
+    edge, cloud = result.get("edge", {}), result.get("cloud", {})
+    for where, d in (("edge decode", edge.get("decode", {})), ("edge splice", edge.get("splice", {})),
+                     ("edge detection", edge.get("detection", {})), ("cloud", cloud),
+                     ("edge sync", cloud.get("edge_sync", {}))):
+        for key in ("sdk_error", "error"):
+            if key in d:
+                notes.append(f"{where}: {d[key]}")
+    for model, engines in edge.get("footprint", {}).items():
+        for engine, probe in engines.items():
+            if "error" in probe:
+                notes.append(f"{model} footprint ({engine}): {probe['error']}")
+    if "gemma3_error" in edge:
+        notes.append(f"Gemma 3: {edge['gemma3_error']}")
+    return notes
+
+
 def _edge_sync(cfg: dict) -> dict:
     """The relay through the SDK, calls forced by a router at fixed positions, with and
     without the background sync; edge and cloud on one thread each, like two machines."""
@@ -279,9 +302,13 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
         result["edge"], figs = run_edge(cfg, progress)
         figures += figs
     if only in (None, "cloud"):
-        result["cloud"], figs = run_cloud(cfg, progress)
+        try:
+            result["cloud"], figs = run_cloud(cfg, progress)
+        except ImportError as exc:  # the cloud service is not installed (or not built yet)
+            result["cloud"], figs = {"error": f"cloud service not importable: {exc}"}, []
         figures += figs
     result["figures"] = [asdict(f) for f in figures]
+    result["not_measured"] = _not_measured(result)
     result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = time.perf_counter() - started
     result["table"] = format_table(figures)
@@ -309,6 +336,8 @@ def run(args) -> int:
     path = write_results(result, out_dir)
     m = result["machine"]
     print(result["table"])
+    for note in result["not_measured"]:
+        print(f"not measured: {note}")
     print(f"\nload average before {m['loadavg_1_5_15'][0]}, after {m['loadavg_after'][0]} on {m['cpu_count']} cores; "
           f"{result['wall_s']:.0f} s; {NO_GPU_NOTE}\nJSON: {path}")
     return 0
