@@ -21,8 +21,9 @@ from pathlib import Path
 
 # Held-out size and sweep points, chosen so the whole demo (model build included) fits the
 # time budget on 2 CPU cores; --fast is for a quick look (and the tests).
-FULL = {"limit": 60, "random_p": (0.05, 0.15, 0.4), "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75)}
-FAST = {"limit": 12, "random_p": (0.15,), "thresholds": (0.6,), "query_shares": (0.5,)}
+FULL = {"limit": 60, "random_p": (0.05, 0.15, 0.4), "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75),
+        "router_thresholds": (0.3, 0.5, 0.7)}
+FAST = {"limit": 12, "random_p": (0.15,), "thresholds": (0.6,), "query_shares": (0.5,), "router_thresholds": (0.5,)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_all_modes(models, out, limit=config["limit"], random_p=config["random_p"],
                                 thresholds=config["thresholds"], query_shares=config["query_shares"],
+                                router_thresholds=config["router_thresholds"],
                                 max_tokens=args.max_tokens, seed=args.seed, progress=progress)
     except E.EvalError as exc:
         raise CliError(str(exc)) from None
@@ -79,7 +81,7 @@ def say(msg: str) -> None:
 
 
 def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), thresholds=(), query_shares=(),
-                  max_tokens: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+                  router_thresholds=(0.5,), max_tokens: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Every mode on the first `limit` held-out questions; writes the results folder, returns the summary."""
     from relayllm.training import evaluate as E
 
@@ -105,10 +107,18 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
         confidences = [ev.run_confidence(examples, models.slm, t) for t in thresholds]
         say("confidence: " + ", ".join(f"t={r.setting:g} {r.accuracy:.1%}" for r in confidences))
         queries = [ev.run_query(slm, llm, s) for s in query_shares]
+        # learned token routers (issue 5), when the default models come with them
+        learned = {}
+        for mode in E.LEARNED_ROUTER_MODES:
+            router_file = getattr(models, f"{mode}_router", None)
+            if router_file and Path(router_file).is_file():
+                learned[mode] = [ev.run_learned_router(examples, models.slm, router_file, t, mode)
+                                 for t in router_thresholds]
+                say(f"{mode}: " + ", ".join(f"t={r.setting:g} {r.accuracy:.1%}" for r in learned[mode]))
     eval_s = time.perf_counter() - started
 
     by_mode = {"slm": [slm], "llm": [llm], "relay": [relay], "random": randoms, "query": queries,
-               "confidence": confidences}
+               "confidence": confidences, **learned}
     meta = {"data": "built-in task (held-out split)", "n": len(examples), "seed": seed,
             "llm": str(models.llm), "slm": str(models.slm), "relay_slm": str(models.relay_slm)}
     for mode, runs in by_mode.items():

@@ -10,7 +10,9 @@ the Help RPC, the fallback and the counters):
 - query:      a query-level router sending a random share of whole questions to the LLM
               (decoding is greedy, so a routed question's answer *is* the llm mode's answer
               and an unrouted one the slm mode's: the records are reused, not recomputed);
-- confidence: a token goes to the LLM when the SLM's top probability is below a threshold.
+- confidence: a token goes to the LLM when the SLM's top probability is below a threshold;
+- r2r, citer: a learned ONNX token router (edge/token_router.py) fires when its p_llm is at
+              or above a threshold (a curve over thresholds).
 
 LLM token ratio, as in the brief: LLM-written tokens (counted in the SLM's tokenizer, as the
 edge counts them when it appends them to the SLM's context) / all response tokens, summed
@@ -30,8 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-MODES = ("slm", "llm", "relay", "random", "query", "confidence")
-SWEPT_MODES = ("random", "query", "confidence")
+MODES = ("slm", "llm", "relay", "random", "query", "confidence", "r2r", "citer")
+SWEPT_MODES = ("random", "query", "confidence", "r2r", "citer")
+LEARNED_ROUTER_MODES = ("r2r", "citer")  # ONNX routers from training (edge/token_router.py)
 PLOT_FILE = "accuracy_vs_llm_ratio.png"
 TABLE_FILE = "results.md"
 
@@ -452,23 +455,26 @@ class Evaluator:
             self._client = CloudClient(self.cloud_target)
         return self._client
 
-    def model(self, gguf: str | Path):
-        """A llama.cpp model for `gguf`, loaded once."""
-        key = str(Path(gguf).resolve())
+    def model(self, gguf: str | Path, *, embedding: bool = False):
+        """A llama.cpp model for `gguf`, loaded once (`embedding=True`: it also hands out hidden states)."""
+        path = str(Path(gguf).resolve())
+        key = (path, embedding)
         if key not in self._models:
             if not Path(gguf).is_file():
                 raise EvalError(f"model not found: {gguf}")
             from llama_cpp import Llama
 
-            self._models[key] = Llama(model_path=key, n_ctx=self.n_ctx, verbose=False)
+            self._models[key] = Llama(model_path=path, n_ctx=self.n_ctx, embedding=embedding, verbose=False)
         return self._models[key]
 
-    def decoder(self, slm: str | Path, *, cloud: bool, router=None, max_calls: int | None = None):
+    def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None):
+        """A RelayDecoder on `slm` (a GGUF path or an already loaded Llama)."""
         from relayllm.edge.relay import Limits, RelayDecoder
 
         limits = Limits(max_calls=self.max_calls if max_calls is None else max_calls,
                         max_total_tokens=self.max_tokens, max_llm_tokens=self.max_tokens)
-        return RelayDecoder(self.model(slm), cloud=self.client() if cloud else None, limits=limits,
+        llama = slm if hasattr(slm, "tokenize") else self.model(slm)
+        return RelayDecoder(llama, cloud=self.client() if cloud else None, limits=limits,
                             router=router, sampling=greedy_sampling())
 
     def close(self):
@@ -519,6 +525,18 @@ class Evaluator:
 
         dec = self.decoder(slm, cloud=True, router=ConfidenceRouter(threshold), max_calls=self.max_tokens)
         return self._run(examples, dec, "confidence", threshold, "threshold")
+
+    def run_learned_router(self, examples, slm, router_file: str | Path, threshold: float, mode: str) -> ModeRun:
+        """R2R or CITER: an ONNX router reading the SLM's own signals (hidden state included)."""
+        from relayllm.edge.token_router import RouterError, TokenRouter
+
+        llama = self.model(slm, embedding=True)
+        try:
+            router = TokenRouter(router_file, threshold, llama=llama)
+        except RouterError as exc:
+            raise EvalError(str(exc)) from None
+        dec = self.decoder(llama, cloud=True, router=router, max_calls=self.max_tokens)
+        return self._run(examples, dec, mode, threshold, "threshold")
 
     def run_query(self, slm_run: ModeRun, llm_run: ModeRun, share: float) -> ModeRun:
         return query_router_run(slm_run, llm_run, share, seed=self.seed)

@@ -27,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cloud = parser.add_mutually_exclusive_group()
     cloud.add_argument("--llm", metavar="GGUF", help="the LLM, served by a cloud started on loopback for this run")
     cloud.add_argument("--cloud", metavar="HOST:PORT", help="a running `relayllm serve`")
+    parser.add_argument("--router", metavar="ONNX", help="r2r / citer modes: the trained router file")
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
-                        help=f"confidence mode: top-probability thresholds (default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
+                        help="confidence mode: top-probability thresholds; r2r / citer: p_llm thresholds "
+                             f"(default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
     parser.add_argument("--ratio", type=float, nargs="+", metavar="R",
                         help="random mode: shares p of LLM tokens (default: relay's ratio from <out>/relay.json); "
                              f"query mode: shares of questions (default {' '.join(map(str, DEFAULT_QUERY_SHARES))})")
@@ -109,6 +111,11 @@ def _run_mode(E, ev, args, examples, slm):
         return [ev.run_relay(examples, slm)]
     if mode == "confidence":
         return [ev.run_confidence(examples, slm, t) for t in (args.thresholds or DEFAULT_THRESHOLDS)]
+    if mode in E.LEARNED_ROUTER_MODES:
+        if not args.router:
+            raise E.EvalError(f"--mode {mode} needs --router FILE.onnx (a router trained by `relayllm train`)")
+        return [ev.run_learned_router(examples, slm, args.router, t, mode)
+                for t in (args.thresholds or DEFAULT_THRESHOLDS)]
     if mode == "random":
         ratios = args.ratio
         if not ratios:
