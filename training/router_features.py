@@ -162,3 +162,33 @@ def precision_recall(net: RouterNet, data: RouterData, threshold: float = 0.5) -
             "precision": tp / int(pred.sum()) if pred.sum() else None,
             "recall": tp / int(truth.sum()) if truth.sum() else None,
             "fired": float(pred.mean())}
+
+
+# ---------------------------------------------------------------------------------------
+# Greedy next-token access to a model, as the labelling pipelines need it. The HF model is
+# the real thing; the pipelines only call these two methods, so a crafted test can script
+# them to know exactly which disagreement changes the answer.
+
+
+class HFGreedyLM:
+    """Greedy decoding with an HF causal LM: teacher-forced next tokens, and greedy continuations."""
+
+    def __init__(self, model, eos_token_id: int | None = None):
+        self.model = model.eval()
+        self.eos_token_id = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+
+    @torch.no_grad()
+    def next_tokens(self, ids, start: int) -> np.ndarray:
+        """The greedy next token after each prefix ids[:t+1], for t = start .. len(ids)-1 (one forward pass)."""
+        x = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+        return self.model(input_ids=x).logits[0, start:].argmax(-1).numpy()
+
+    @torch.no_grad()
+    def complete(self, ids, max_new: int) -> list[int]:
+        """Greedy continuation of `ids` up to EOS (included) or `max_new` tokens."""
+        if max_new <= 0:
+            return []
+        x = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+        out = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new, do_sample=False,
+                                  eos_token_id=self.eos_token_id, pad_token_id=self.eos_token_id)
+        return out[0, x.shape[1]:].tolist()
