@@ -150,6 +150,18 @@ def test_edge_router_decides_from_llama_cpp_state(mini, mini_llama, exported_rou
     assert fires.mode == "r2r" and fires.spec == net.spec
 
 
+def test_benchmark_router_has_the_slms_sizes_and_runs_beside_it(mini, tmp_path):
+    from relayllm.edge.token_router import TokenRouter, benchmark_router_vs_decode
+    from relayllm.training.router_export import untrained_router_for
+
+    path = untrained_router_for(mini.gguf, tmp_path / "bench.onnx", hidden=8)
+    router = TokenRouter(path)
+    assert router.spec.hidden_size == 32 and router.mode == "untrained"
+    result = benchmark_router_vs_decode(path, mini.gguf, steps=4, threads=1)
+    assert result["steps"] == 4 and result["router_ms"] > 0 and result["decode_ms"] > 0
+    assert result["ratio"] == pytest.approx(result["router_ms"] / result["decode_ms"])
+
+
 def test_router_file_errors_are_readable(tmp_path, mini_llama):
     from relayllm.edge.token_router import RouterError, TokenRouter
 
@@ -257,3 +269,53 @@ def test_r2r_and_citer_pipelines_train_and_export(mini, mini_llama, tmp_path):
     assert creport.case_counts["slm_matches"] == creport.positions and creport.rollouts == 0
     assert creport.rollouts_saved == 1.0
     assert TokenRouter(tmp_path / "citer.onnx", llama=mini_llama).mode == "citer"
+
+
+# ---------------------------------------------------------------------------------------
+# The router inside the edge decoder, with a real cloud on loopback (and without one).
+# These use the edge's RelayDecoder and the cloud's server through the evaluation harness,
+# exactly as `relayllm eval --mode r2r|citer` does.
+
+
+def _closed_port_target() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"  # nothing listens there any more: connections are refused
+
+
+def test_router_fires_while_the_cloud_is_down_the_slm_writes_and_the_result_is_degraded(mini, exported_router):
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.relay import Limits, RelayDecoder, Sampling
+    from relayllm.edge.token_router import TokenRouter
+    import llama_cpp
+
+    _, path = exported_router
+    llama = llama_cpp.Llama(model_path=str(mini.gguf), n_ctx=256, embedding=True, verbose=False, n_threads=1)
+    router = TokenRouter(path, threshold=0.0, llama=llama)  # fires at every token
+    decoder = RelayDecoder(llama, cloud=CloudClient(_closed_port_target()), router=router,
+                           limits=Limits(max_calls=8, max_total_tokens=8, max_llm_tokens=8),
+                           sampling=Sampling(temperature=0.0))
+    offline = RelayDecoder(llama, cloud=None, limits=Limits(max_calls=0, max_total_tokens=8, max_llm_tokens=8),
+                           sampling=Sampling(temperature=0.0)).generate("12 + 30 =")
+    result = decoder.generate("12 + 30 =")
+    assert router.fired >= 1
+    assert result.degraded and result.degraded_reasons
+    assert result.llm_tokens == 0 and result.slm_tokens > 0
+    assert result.text == offline.text  # the SLM wrote every token, nothing lost
+
+
+def test_eval_r2r_mode_through_the_cloud_counts_llm_tokens(mini, exported_router):
+    from relayllm.training import evaluate as E
+
+    _, path = exported_router
+    examples = [E.Example("12 + 30 =", "42"), E.Example("7 + 8 =", "15")]
+    with E.local_cloud(mini.gguf) as target, E.Evaluator(cloud_target=target, grader=lambda text, gold: gold in text,
+                                                         max_tokens=6, progress=False) as ev:
+        always = ev.run_learned_router(examples, mini.gguf, path, 0.0, "r2r")
+        never = ev.run_learned_router(examples, mini.gguf, path, 1.0, "r2r")
+    assert always.llm_token_ratio == 1.0 and always.calls_per_question >= 1 and always.degraded == 0
+    assert never.llm_token_ratio == 0.0 and never.llm_tokens == 0
+    assert always.mode == "r2r" and always.setting_name == "threshold"

@@ -50,3 +50,33 @@ def export_parity(net: RouterNet, path: str | Path, n: int = 256, seed: int = 0)
     p_torch = net(torch.as_tensor(dense), torch.as_tensor(token)).numpy()
     p_onnx = load_session(path).run(["p_llm"], {"dense": dense, "token": token})[0]
     return float(np.abs(p_torch - p_onnx).max())
+
+
+def untrained_router_for(slm_gguf: str | Path, path: str | Path, *, hidden: int = 64, seed: int = 0) -> Path:
+    """A router of the real size for `slm_gguf` (its vocabulary and hidden size), random weights.
+
+    For benchmarks: a forward costs the same whatever the weights, so the bench can time the
+    router against the SLM's decode step without training one first.
+    """
+    import llama_cpp
+
+    from relayllm.edge.token_router import FeatureSpec
+
+    llama = llama_cpp.Llama(model_path=str(slm_gguf), n_ctx=16, verbose=False)
+    vocab, width = llama.n_vocab(), llama.n_embd()
+    del llama
+    torch.manual_seed(seed)
+    spec = FeatureSpec(hidden_size=width)
+    net = RouterNet(spec, torch.randn(vocab, width) * 0.02, hidden=hidden)
+    return export_onnx(net, path, mode="untrained", info={"note": "random weights, for benchmarks"})
+
+
+def router_cost_ratio(slm_gguf: str | Path, *, steps: int = 64, workdir: str | Path | None = None, printer=print) -> dict:
+    """Benchmark entry point: one router step (features + ONNX) vs one SLM decode step on `slm_gguf`."""
+    import tempfile
+
+    from relayllm.edge.token_router import benchmark_router_vs_decode
+
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        router = untrained_router_for(slm_gguf, Path(tmp) / "router.onnx")
+        return benchmark_router_vs_decode(router, slm_gguf, steps=steps, printer=printer)
