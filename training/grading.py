@@ -1,0 +1,39 @@
+"""Grading for real math benchmarks (GSM8K, MATH-500 as local JSONL) with math-verify.
+
+math-verify extracts the answer from a response (a `\\boxed{}` first, else the last
+number or expression) and compares it symbolically with the gold answer, so `0.5`,
+`1/2` and `\\frac{1}{2}` agree. The built-in task grades exactly (training/task.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def _gold(gold: str):
+    from math_verify import parse
+
+    text = str(gold).strip()
+    # GSM8K gold solutions end with '#### 42': the number after the marker is the answer
+    if "####" in text:
+        text = text.rsplit("####", 1)[1].strip()
+    parsed = parse(text)
+    if not parsed and not text.startswith("$"):
+        parsed = parse(f"${text}$")
+    return parsed
+
+
+def grade(response: str, gold: str) -> bool:
+    """True when the response's final answer (boxed, or the last number) equals `gold`."""
+    from math_verify import parse, verify
+
+    # commands the relay SLM wrote stay in its text; their N is not an answer
+    response = re.sub(r"<call>\s*\d*\s*</call>", " ", response)
+    gold_parsed = _gold(gold)
+    answer = parse(response)
+    if not gold_parsed or not answer:
+        return False
+    try:
+        return bool(verify(gold_parsed, answer))
+    except Exception:  # math-verify can raise on odd expressions: an unreadable answer is wrong
+        return False

@@ -1,0 +1,130 @@
+"""The built-in benchmark: multi-digit addition with the carries written out.
+
+A question is two numbers of 3 or 4 digits, `3456+789`. The prompt is the question and a
+colon; the gold solution adds column by column, least significant digit first, each column
+written `a+b+c=s` (c: the carry coming in), and ends with `#` and the sum:
+
+    3456+789:6+9+0=15;5+8+1=14;4+7+1=12;3+0+1=4;#4245
+
+SmolLM2's tokenizer splits digits one by one and has single tokens for `+ = ; : #`, so a
+solution is a few dozen tokens drawn from 15 token ids. The task is made for relay decoding:
+a small model gets most of the columns right but slips at a few critical steps (a carry, a
+two-digit column sum, reading the sum back in reverse at the end); one wrong token decides
+the answer, so a few LLM tokens at the right place recover it.
+
+Splits are fixed by seed: the test questions are drawn first and never appear in train.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+PROMPT_END = ":"  # closes the question: the model starts its solution after it
+ANSWER_MARK = "#"  # the final answer follows it
+STEP_SEP = ";"
+MIN_DIGITS, MAX_DIGITS = 3, 4
+TEST_SIZE = 200
+TRAIN_SIZE = 20_000
+SPLIT_SEED = 1234
+
+# Every character a prompt or a solution can hold (each is one SmolLM2 token).
+ALPHABET = "0123456789+=;:#"
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str  # "3456+789"
+    answer: str  # "4245"
+    solution: str  # the gold chain of thought, answer included (no prompt)
+
+    @property
+    def prompt(self) -> str:
+        return format_prompt(self.question)
+
+    @property
+    def text(self) -> str:
+        """Prompt and gold solution: one training sequence (the EOS token goes after it)."""
+        return self.prompt + self.solution
+
+
+def format_prompt(question: str) -> str:
+    """How the models see a question."""
+    return f"{question}{PROMPT_END}"
+
+
+def solve(a: int, b: int) -> str:
+    """The gold solution of a+b: one `x+y+c=s` step per column (LSD first), then `#sum`."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    width = max(len(da), len(db))
+    steps, carry = [], 0
+    for i in range(width):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={s}")
+        carry = s // 10
+    return STEP_SEP.join(steps) + STEP_SEP + ANSWER_MARK + str(a + b)
+
+
+def make_example(a: int, b: int) -> Example:
+    return Example(question=f"{a}+{b}", answer=str(a + b), solution=solve(a, b))
+
+
+def _random_operand(rng: random.Random) -> int:
+    digits = rng.randint(MIN_DIGITS, MAX_DIGITS)
+    return rng.randint(10 ** (digits - 1), 10**digits - 1)
+
+
+def generate(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Example]:
+    """`n` distinct questions drawn from `seed`, none of them in `exclude`."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out = []
+    while len(out) < n:
+        a, b = _random_operand(rng), _random_operand(rng)
+        q = f"{a}+{b}"
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append(make_example(a, b))
+    return out
+
+
+@lru_cache(maxsize=4)
+def _splits(seed: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    test = generate(TEST_SIZE, seed)
+    train = generate(TRAIN_SIZE, seed + 1, exclude={e.question for e in test})
+    return tuple(train), tuple(test)
+
+
+def train_split(seed: int = SPLIT_SEED) -> list[Example]:
+    """Training questions (never in the test split of the same seed)."""
+    return list(_splits(seed)[0])
+
+
+def test_split(seed: int = SPLIT_SEED) -> list[Example]:
+    """Held-out questions: the benchmark."""
+    return list(_splits(seed)[1])
+
+
+_ANSWER_RE = re.compile(re.escape(ANSWER_MARK) + r"\s*(-?\d+)")
+
+
+def extract_answer(response: str) -> str | None:
+    """The number after the last answer mark, or None when the response never states one.
+
+    Command tokens (`<call>N</call>`) are removed first: a relay response keeps its
+    commands in the text, and their N must not be read as the answer.
+    """
+    cleaned = re.sub(r"<call>\s*\d*\s*</call>", "", response)
+    found = _ANSWER_RE.findall(cleaned)
+    return found[-1] if found else None
+
+
+def grade(response: str, answer: str) -> bool:
+    """Exact: the final answer after `#` equals the gold sum."""
+    got = extract_answer(response)
+    return got is not None and got.lstrip("0") == str(answer).strip().lstrip("0")
