@@ -1,10 +1,11 @@
 """The built-in benchmark: multi-digit addition with the carries written out.
 
-A question is two numbers of 3 or 4 digits, `3456+789`. The prompt is the question and a
-colon; the gold solution adds column by column, least significant digit first, each column
-written `a+b+c=s` (c: the carry coming in), and ends with `#` and the sum:
+A question is two numbers of 3 or 4 digits, `3456+789`. The prompt is the question with
+both operands padded to 4 digits and a colon; the gold solution adds column by column,
+least significant digit first, each column written `a+b+c=ss` (c: the carry coming in, ss:
+the column sum in two digits), and ends with `#` and the sum:
 
-    3456+789:6+9+0=15;5+8+1=14;4+7+1=12;3+0+1=4;#4245
+    3456+0789:6+9+0=15;5+8+1=14;4+7+1=12;3+0+1=04;#4245
 
 SmolLM2's tokenizer splits digits one by one and has single tokens for `+ = ; : #`, so a
 solution is a few dozen tokens drawn from 15 token ids. The task is made for relay decoding:
@@ -51,20 +52,26 @@ class Example:
 
 
 def format_prompt(question: str) -> str:
-    """How the models see a question."""
-    return f"{question}{PROMPT_END}"
+    """How the models see a question: both operands padded to the same width, so every
+    digit sits at a fixed place (a tiny transformer finds it by position)."""
+    m = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", question)
+    if m is None:
+        return f"{question}{PROMPT_END}"
+    a, b = m.groups()
+    width = max(len(a), len(b), MAX_DIGITS)
+    return f"{a.zfill(width)}+{b.zfill(width)}{PROMPT_END}"
 
 
 def solve(a: int, b: int) -> str:
     """The gold solution of a+b: one `x+y+c=s` step per column (LSD first), then `#sum`."""
-    da, db = str(a)[::-1], str(b)[::-1]
-    width = max(len(da), len(db))
+    width = max(len(str(a)), len(str(b)), MAX_DIGITS)
+    da, db = str(a).zfill(width)[::-1], str(b).zfill(width)[::-1]
     steps, carry = [], 0
     for i in range(width):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         s = x + y + carry
-        steps.append(f"{x}+{y}+{carry}={s}")
+        steps.append(f"{x}+{y}+{carry}={s:02d}")  # two digits: every step has the same length
         carry = s // 10
     return STEP_SEP.join(steps) + STEP_SEP + ANSWER_MARK + str(a + b)
 
