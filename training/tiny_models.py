@@ -284,6 +284,28 @@ def accuracy(model, tokenizer, examples) -> float:
     return sum(task.grade(r, e.answer) for r, e in zip(responses, examples)) / len(examples)
 
 
+def gguf_accuracy(gguf_path: str | Path, examples, max_new_tokens: int = 48) -> float:
+    """Share of questions a GGUF answers exactly right, greedy through llama.cpp."""
+    from llama_cpp import Llama
+
+    llama = Llama(str(gguf_path), n_ctx=256, verbose=False, n_threads=2)
+    try:
+        eos = llama.token_eos()
+        right = 0
+        for ex in examples:
+            llama.reset()
+            tokens = llama.tokenize(ex.prompt.encode(), add_bos=False)
+            out = []
+            for token in llama.generate(tokens, temp=0.0, top_k=1):
+                if token == eos or len(out) >= max_new_tokens:
+                    break
+                out.append(token)
+            right += task.grade(llama.detokenize(out).decode("utf-8", errors="replace"), ex.answer)
+        return right / len(examples)
+    finally:
+        llama.close()
+
+
 def train_tiny(out_dir: str | Path, cfg: TinyConfig, *, seed: int = 0, progress: bool = True,
                desc: str = "train", tokenizer=None, eval_examples=None) -> dict:
     """Build, train and save one tiny model (HF checkpoint + tokenizer) to `out_dir`."""
