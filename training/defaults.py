@@ -150,7 +150,9 @@ def _relay_missing_but_buildable(manifest: Path) -> bool:
     if not manifest.is_file():
         return False
     data = json.loads(manifest.read_text(encoding="utf-8"))
-    return data.get("relay_slm") is None and _relay_training() is not None
+    if data.get("relay_slm") is not None or data.get("info", {}).get("relay_error"):
+        return False  # built, or tried and failed (the error is in the manifest: not retried each call)
+    return _relay_training() is not None
 
 
 def _build_relay(root: Path, seed: int, progress: bool) -> None:
@@ -165,13 +167,21 @@ def _build_relay(root: Path, seed: int, progress: bool) -> None:
     started = time.perf_counter()
     relay = root / "relay"
     _say("teaching the SLM to relay (warm-up" + (" + GRPO)" if run_grpo else ")"))
-    warm_dir = Path(run_warmup(slm=root / "slm", llm=root / "llm", out_dir=relay / "warmup", seed=seed,
-                               progress=progress))
-    final_dir = warm_dir
-    if run_grpo is not None:
-        final_dir = Path(run_grpo(slm=warm_dir, llm=root / "llm", out_dir=relay / "grpo", seed=seed,
-                                  progress=progress))
-    paths = export.export(final_dir, relay, name="relay-slm", quants=(GGUF_QUANT,))
+    try:
+        # contract with training/warmup.py and training/grpo.py: HF checkpoint folders in,
+        # the folder of the trained HF checkpoint out
+        warm_dir = Path(run_warmup(slm=root / "slm", llm=root / "llm", out_dir=relay / "warmup", seed=seed,
+                                   progress=progress))
+        final_dir = warm_dir
+        if run_grpo is not None:
+            final_dir = Path(run_grpo(slm=warm_dir, llm=root / "llm", out_dir=relay / "grpo", seed=seed,
+                                      progress=progress))
+        paths = export.export(final_dir, relay, name="relay-slm", quants=(GGUF_QUANT,))
+    except Exception as exc:  # the base pair stays usable; the error is kept and shown
+        manifest["info"]["relay_error"] = f"{type(exc).__name__}: {exc}"
+        _write_json(manifest_path, manifest)
+        _say(f"relay SLM not built: {manifest['info']['relay_error']}")
+        return
     manifest["relay_slm"] = str(paths[GGUF_QUANT].relative_to(root))
     manifest["relay_slm_hf"] = str(final_dir.relative_to(root))
     manifest["info"]["relay_build_s"] = time.perf_counter() - started
