@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-RECIPE_VERSION = 1  # bump when anything that changes the models changes
+RECIPE_VERSION = 2  # bump when anything that changes the models changes
 GGUF_QUANT = "q8_0"  # what the edge and the cloud run (parity with HF is near exact)
 
 
@@ -117,15 +117,17 @@ def _build_pair(root: Path, seed: int, progress: bool) -> None:
     tokenizer = tiny_models.load_tokenizer()
     test = task.test_split()
     info = {"seed": seed, "recipe": recipe_hash(seed)}
-    for name, cfg in (("llm", tiny_models.LLM_CONFIG), ("slm", tiny_models.SLM_CONFIG)):
-        _say(f"training the {name.upper()} on the built-in task ({cfg.steps} steps)")
-        log = tiny_models.train_tiny(root / name, cfg, seed=seed, progress=progress, desc=f"train {name}",
-                                     tokenizer=tokenizer, eval_examples=test)
+    llm_steps, slm_steps = tiny_models.LLM_CONFIG.steps, tiny_models.SLM_CONFIG.steps
+    _say(f"training the LLM on the built-in task ({llm_steps} steps; the SLM is its checkpoint "
+         f"after {slm_steps} steps)")
+    logs = tiny_models.train_pair(root / "llm", root / "slm", seed=seed, progress=progress,
+                                  tokenizer=tokenizer, eval_examples=test)
+    for name, log in zip(("llm", "slm"), logs):
         paths = export.export(root / name, root, name=name, quants=(GGUF_QUANT,))
         log["gguf_test_accuracy"] = tiny_models.gguf_accuracy(paths[GGUF_QUANT], test)
         log["gguf"] = {k: str(v.relative_to(root)) for k, v in paths.items()}
         _say(f"{name.upper()}: test accuracy {log['test_accuracy']:.1%} (HF), "
-             f"{log['gguf_test_accuracy']:.1%} (GGUF {GGUF_QUANT}), trained in {log['train_s']:.0f} s")
+             f"{log['gguf_test_accuracy']:.1%} (GGUF {GGUF_QUANT}), {log['steps']} steps")
         info[name] = log
     info["pair_build_s"] = time.perf_counter() - started
     manifest = {"llm": info["llm"]["gguf"][GGUF_QUANT], "slm": info["slm"]["gguf"][GGUF_QUANT],
