@@ -1,0 +1,262 @@
+"""GRPO for relay decoding: TRL's GRPOTrainer with a rollout that really calls the LLM.
+
+The rollout (`RelayRollout`, given to GRPOTrainer as `rollout_func`) decodes each sample
+with the policy SLM token by token on its KV cache. When the SLM closes a command
+`<call>N</call>`, the helper LLM (in process, or the project's gRPC cloud) continues the
+prompt + text so far, commands removed, for N tokens (capped by the remaining budget);
+those tokens are appended to the SLM's context and the SLM goes on, exactly as at
+inference. At most `max_calls` calls per sample (the reference: 2 in training).
+
+The LLM's tokens are not the policy's actions: the rollout returns `env_mask` (0 on them),
+which TRL multiplies into the loss mask, so they carry no policy gradient and no KL. With
+`mask_llm_tokens=False` they are kept, as in the reference, to compare.
+
+Rewards: training/rewards.py ("table" per prompt group, or "simple"). Logged per step
+(trainer log and `metrics.jsonl` in the output folder): reward, accuracy, calls per
+sample, call ratio, LLM token ratio, KL, and TRL's own figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from relayllm.training.relay_parts import (
+    CloudLLM,
+    LocalLLM,
+    RelayTrainingError,
+    add_command_tokens,
+    load_checkpoint,
+    parse_call,
+)
+from relayllm.training.rewards import REWARDS, Rollout, group_rewards
+
+DONE_MARK = "grpo_done.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class RelayRollout:
+    """`rollout_func` for GRPOTrainer: one relay rollout per prompt it is given (TRL already
+    repeats each prompt `num_generations` times, consecutively)."""
+
+    def __init__(self, tokenizer, helper, *, max_tokens: int = 64, max_calls: int = 2, temperature: float = 1.0,
+                 mask_llm_tokens: bool = True, seed: int = 0):
+        self.tokenizer, self.helper = tokenizer, helper
+        self.max_tokens, self.max_calls, self.temperature = max_tokens, max_calls, temperature
+        self.mask_llm_tokens, self.seed = mask_llm_tokens, seed
+        self.open_id, self.close_id = add_command_tokens(tokenizer)
+        self.eos = tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def rollout_one(self, model, prompt_ids: list[int], generator: torch.Generator) -> dict:
+        """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls."""
+        completion, logps, authors = [], [], []
+        calls = requested = 0
+        res = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        cache, logits = res.past_key_values, res.logits[0, -1]
+        while len(completion) < self.max_tokens:
+            logp = torch.log_softmax(logits.float() / self.temperature, -1)
+            token = int(torch.multinomial(logp.exp(), 1, generator=generator))
+            completion.append(token)
+            logps.append(float(logp[token]))
+            authors.append(0)
+            if token == self.eos:
+                break
+            feed = [token]
+            n = parse_call(completion, self.open_id, self.close_id, self.tokenizer) if token == self.close_id else None
+            budget = self.max_tokens - len(completion)
+            if n and calls < self.max_calls and budget > 0:
+                n = min(n, budget)  # N is capped by the remaining budget
+                written = self.helper.continue_ids(prompt_ids + completion, n, generator=generator)
+                calls += 1
+                requested += n
+                feed += written
+            res = model(input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True)
+            cache = res.past_key_values
+            # row i of the chunk predicts feed[i + 1]: the policy's log-prob of each LLM token
+            for i, w in enumerate(feed[1:]):
+                completion.append(w)
+                logps.append(float(torch.log_softmax(res.logits[0, i].float() / self.temperature, -1)[w]))
+                authors.append(1)
+            if len(feed) > 1 and feed[-1] == self.eos:
+                break  # the LLM ended the answer
+            logits = res.logits[0, -1]
+        return {"completion_ids": completion, "logprobs": logps, "authors": authors, "calls": calls,
+                "requested": requested}
+
+    def __call__(self, prompts: list[str], trainer) -> dict:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + trainer.state.global_step)
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "relay_calls": [], "relay_requested": [],
+               "relay_llm_tokens": []}
+        masks = []
+        try:
+            for prompt in prompts:
+                p_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+                r = self.rollout_one(model, p_ids, generator)
+                out["prompt_ids"].append(p_ids)
+                out["completion_ids"].append(r["completion_ids"])
+                out["logprobs"].append(r["logprobs"])
+                out["relay_calls"].append(r["calls"])
+                out["relay_requested"].append(r["requested"])
+                out["relay_llm_tokens"].append(sum(r["authors"]))
+                masks.append([1 - a for a in r["authors"]])
+        finally:
+            model.train(was_training)
+        if self.mask_llm_tokens:
+            out["env_mask"] = masks  # TRL: 1 = the policy's token, 0 = the environment's (LLM's)
+        return out
+
+
+class RelayReward:
+    """GRPO reward function: the brief's table per prompt group, or accuracy - lam * call_ratio.
+    Also logs accuracy, calls, call ratio and LLM token ratio through TRL's `log_metric`."""
+
+    def __init__(self, kind: str = "table", lam: float = 0.5):
+        if kind not in REWARDS:
+            raise RelayTrainingError(f"unknown reward {kind!r}: choose one of {REWARDS}")
+        self.kind, self.lam = kind, lam
+        self.__name__ = f"relay_{kind}"
+
+    def __call__(self, prompts, completions, completion_ids, answer, relay_calls, relay_requested,
+                 relay_llm_tokens, log_metric=None, **_) -> list[float]:
+        from relayllm.training import task
+
+        rollouts = [Rollout(correct=task.grade(c, a), calls=k, requested=n, length=len(ids))
+                    for c, a, k, n, ids in zip(completions, answer, relay_calls, relay_requested, completion_ids)]
+        rewards, cases = group_rewards(rollouts, list(prompts), kind=self.kind, lam=self.lam)
+        if log_metric is not None:
+            total = sum(len(ids) for ids in completion_ids)
+            log_metric("relay/accuracy", sum(r.correct for r in rollouts) / len(rollouts))
+            log_metric("relay/calls_per_sample", sum(relay_calls) / len(rollouts))
+            log_metric("relay/call_ratio", sum(r.call_ratio for r in rollouts) / len(rollouts))
+            log_metric("relay/llm_token_ratio", sum(relay_llm_tokens) / max(1, total))
+            for case in "ABC":
+                if self.kind == "table":
+                    log_metric(f"relay/case_{case}", sum(c == case for c in cases) / len(cases))
+        return rewards
+
+
+def _metrics_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class MetricsJsonl(TrainerCallback):
+        """Appends each training log (one per step with logging_steps=1) to a JSONL file."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero and "loss" in logs:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return MetricsJsonl()
+
+
+def _truncate_metrics(path: Path, upto_step: int) -> None:
+    """On resume: drop the lines of steps after the checkpoint (they are run again)."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= upto_step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable_only: bool, progress: bool):
+    """Training prompts (text, answer); by default only those the LLM solves greedily."""
+    from relayllm.training.warmup import _rows, greedy_ids
+
+    pairs = _rows(rows, None, None, n_prompts * (2 if solvable_only else 1), seed)
+    if solvable_only and llm_model is not None:
+        from relayllm.training import task
+
+        sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs], 64)
+        pairs = [pa for pa, s in zip(pairs, sols) if task.grade(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
+    if not pairs:
+        raise RelayTrainingError("no GRPO training prompt (the LLM solved none)")
+    return pairs[:n_prompts]
+
+
+def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, group_size: int = 8,
+                 prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
+                 lr: float = 1e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
+                 max_tokens: int = 64, max_calls: int = 2, seed: int = 0, progress: bool = True, save_steps: int = 10):
+    """TRL GRPOTrainer with the relay rollout and reward (CPU when there is no GPU)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    out_dir = Path(out_dir)
+    args = GRPOConfig(
+        output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=group_size * prompts_per_step,
+        num_generations=group_size, steps_per_generation=1, gradient_accumulation_steps=1, learning_rate=lr,
+        beta=kl, epsilon=clip, temperature=temperature, max_completion_length=max_tokens, logging_steps=1,
+        save_steps=save_steps, save_total_limit=2, report_to="none", use_cpu=not torch.cuda.is_available(),
+        seed=seed, data_seed=seed, disable_tqdm=not progress, dataloader_num_workers=0, log_completions=False,
+    )
+    dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in pairs])
+    rollout = RelayRollout(tokenizer, helper, max_tokens=max_tokens, max_calls=max_calls, temperature=temperature,
+                           mask_llm_tokens=mask_llm_tokens, seed=seed)
+    trainer = GRPOTrainer(model=model, reward_funcs=[RelayReward(reward, lam)], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, rollout_func=rollout,
+                          callbacks=[_metrics_callback(out_dir / METRICS_FILE)])
+    return trainer
+
+
+def make_helper(llm, tokenizer, *, temperature: float = 0.7):
+    """The helper LLM: an HF checkpoint folder (in process), a loaded model, or a cloud
+    target "grpc://host:port" / a CloudClient."""
+    if isinstance(llm, str) and llm.startswith("grpc://"):
+        return CloudLLM(llm[len("grpc://"):], tokenizer, temperature=temperature), None
+    if hasattr(llm, "session") and hasattr(llm, "info"):  # a CloudClient
+        return CloudLLM(llm, tokenizer, temperature=temperature), None
+    model = llm if hasattr(llm, "generate") else load_checkpoint(llm, what="LLM")[0]
+    return LocalLLM(model, tokenizer, temperature=temperature), model
+
+
+def run_grpo(slm, llm, out_dir, *, rows=None, n_prompts: int | None = None, steps: int = 20, group_size: int = 8,
+             prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
+             lr: float = 1e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
+             llm_temperature: float = 0.7, max_tokens: int = 64, max_calls: int = 2, llm_solvable_only: bool = True,
+             seed: int = 0, progress: bool = True, resume: bool = True, save_steps: int = 10) -> Path:
+    """GRPO on the SLM at `slm` (HF folder, e.g. the warm-up's output) with the helper LLM
+    `llm` (HF folder for in process, or "grpc://host:port" for the cloud service). The
+    trained checkpoint goes to `out_dir` (returned), with `metrics.jsonl` (one line per step).
+
+    `lr` defaults to a value for the project's tiny models (the reference: 1e-6 on 1.7B).
+    """
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out_dir = Path(out_dir)
+    if resume and (out_dir / DONE_MARK).is_file():
+        return out_dir
+    if reward not in REWARDS:
+        raise RelayTrainingError(f"unknown reward {reward!r}: choose one of {REWARDS}")
+    set_seed(seed)
+    model, tokenizer = load_checkpoint(slm, what="SLM")
+    helper, llm_model = make_helper(llm, tokenizer, temperature=llm_temperature)
+    pairs = _prompt_rows(llm_model, tokenizer, rows, n_prompts or steps * prompts_per_step, seed,
+                         llm_solvable_only, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last = get_last_checkpoint(str(out_dir)) if resume else None
+    metrics = out_dir / METRICS_FILE
+    if last:
+        _truncate_metrics(metrics, int(Path(last).name.split("-")[-1]))
+    elif metrics.exists():
+        metrics.unlink()
+    trainer = make_trainer(model, tokenizer, helper, pairs, out_dir, steps=steps, group_size=group_size,
+                           prompts_per_step=prompts_per_step, reward=reward, lam=lam, mask_llm_tokens=mask_llm_tokens,
+                           lr=lr, kl=kl, clip=clip, temperature=temperature, max_tokens=max_tokens,
+                           max_calls=max_calls, seed=seed, progress=progress, save_steps=save_steps)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    finally:
+        if isinstance(helper, CloudLLM):
+            helper.close()
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    summary = {"steps": trainer.state.global_step, "reward": reward, "mask_llm_tokens": mask_llm_tokens,
+               "helper_calls": helper.stats.calls, "helper_tokens": helper.stats.tokens, "resumed_from": last,
+               "group_size": group_size, "prompts_per_step": prompts_per_step, "lr": lr, "kl": kl, "seed": seed}
+    (out_dir / DONE_MARK).write_text(json.dumps(summary, indent=1))
+    return out_dir

@@ -1,0 +1,169 @@
+"""Pieces shared by the relay training (warm-up and GRPO).
+
+- The command `<call>N</call>` as two added, non-special tokens around N's digits, so the
+  SLM learns it as single tokens and the edge detects it by id (or as text, either way).
+- Loading an HF checkpoint folder (model + tokenizer), making sure the command tokens are
+  in the tokenizer and the embeddings cover them.
+- The helper LLM that writes the N tokens of a call: in process (an HF model) or through
+  the project's gRPC cloud (relayllm.edge.client.CloudClient). Both get the context with
+  every command removed, as a raw completion, exactly as at inference.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
+COMMAND_TOKENS = (CALL_OPEN, CALL_CLOSE)
+_COMMAND_RE = re.compile(r"<call>\s*\d*\s*</call>")
+
+
+class RelayTrainingError(RuntimeError):
+    """Bad input to the relay training (missing checkpoint, no usable data, ...)."""
+
+
+def strip_commands(text: str) -> str:
+    """The text the LLM sees: every `<call>N</call>` removed."""
+    return _COMMAND_RE.sub("", text)
+
+
+def add_command_tokens(tokenizer, model=None) -> tuple[int, int]:
+    """Add `<call>`/`</call>` (non-special) when missing, resize the embeddings to cover them.
+    Returns their ids."""
+    missing = [t for t in COMMAND_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    open_id, close_id = tokenizer.convert_tokens_to_ids(list(COMMAND_TOKENS))
+    return open_id, close_id
+
+
+def command_ids(tokenizer, n: int) -> list[int]:
+    """Token ids of `<call>N</call>`: the open token, N's digits, the close token."""
+    open_id, close_id = tokenizer.convert_tokens_to_ids(list(COMMAND_TOKENS))
+    return [open_id, *tokenizer.encode(str(int(n)), add_special_tokens=False), close_id]
+
+
+def load_checkpoint(path, *, what: str = "model"):
+    """(model, tokenizer) from an HF checkpoint folder, command tokens ensured, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RelayTrainingError(f"{what}: not an HF checkpoint folder (no config.json): {path}")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    add_command_tokens(tokenizer, model)
+    model.eval()
+    return model, tokenizer
+
+
+def parse_call(ids: list[int], open_id: int, close_id: int, tokenizer) -> int | None:
+    """N of the command that `ids` ends with (`... <call> digits </call>`), or None.
+    A malformed command (no open token, non-digits inside) asks for nothing: N = 0."""
+    if not ids or ids[-1] != close_id:
+        return None
+    try:
+        start = len(ids) - 1 - ids[::-1].index(open_id, 1)
+    except ValueError:
+        return 0
+    inner = tokenizer.decode(ids[start + 1 : -1]).strip()
+    return int(inner) if inner.isdigit() else 0
+
+
+def without_commands(ids: list[int], open_id: int, close_id: int) -> list[int]:
+    """Token ids with every complete `<call> ... </call>` span removed (token mode of the LLM)."""
+    out, start = [], None
+    for i, t in enumerate(ids):
+        if t == open_id:
+            start = len(out)
+        out.append(t)
+        if t == close_id and start is not None:
+            del out[start:]
+            start = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The helper LLM
+
+
+@dataclass
+class HelperStats:
+    calls: int = 0
+    tokens: int = 0
+
+
+class LocalLLM:
+    """The LLM in process: an HF causal LM continuing token ids (same tokenizer as the SLM)."""
+
+    def __init__(self, model, tokenizer, *, temperature: float = 0.0):
+        self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
+        self.open_id, self.close_id = add_command_tokens(tokenizer)
+        self.stats = HelperStats()
+
+    @classmethod
+    def from_dir(cls, path, **kw) -> "LocalLLM":
+        model, tokenizer = load_checkpoint(path, what="LLM")
+        return cls(model, tokenizer, **kw)
+
+    @torch.no_grad()
+    def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
+        """Up to `n` tokens continuing `context` (commands removed first); stops after EOS."""
+        ctx = without_commands(context, self.open_id, self.close_id)
+        eos = self.tokenizer.eos_token_id
+        out: list[int] = []
+        cache = None
+        feed = torch.tensor([ctx])
+        for _ in range(n):
+            res = self.model(input_ids=feed, past_key_values=cache, use_cache=True)
+            cache, logits = res.past_key_values, res.logits[0, -1]
+            if self.temperature > 0:
+                probs = torch.softmax(logits / self.temperature, -1)
+                token = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                token = int(logits.argmax())
+            out.append(token)
+            if token == eos:
+                break
+            feed = torch.tensor([[token]])
+        self.stats.calls += 1
+        self.stats.tokens += len(out)
+        return out
+
+
+class CloudLLM:
+    """The LLM behind the project's gRPC cloud (relayllm.edge.client.CloudClient), in token
+    mode: both sides share the tokenizer. One cloud session per rollout (KV reuse)."""
+
+    def __init__(self, target_or_client, tokenizer, *, temperature: float = 0.0, deadline_s: float = 30.0):
+        from relayllm.edge.client import CloudClient
+
+        self.client = (CloudClient(target_or_client, deadline_s=deadline_s)
+                       if isinstance(target_or_client, str) else target_or_client)
+        self.tokenizer, self.temperature = tokenizer, temperature
+        self.open_id, self.close_id = add_command_tokens(tokenizer)
+        self.stats = HelperStats()
+
+    def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
+        ctx = without_commands(context, self.open_id, self.close_id)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        session = self.client.session()
+        try:
+            out = [p.token_id for p in session.help(tokens=ctx, max_tokens=n, temperature=self.temperature,
+                                                     seed=seed)]
+        finally:
+            session.end()
+        self.stats.calls += 1
+        self.stats.tokens += len(out)
+        return out
+
+    def close(self):
+        self.client.close()

@@ -1,0 +1,243 @@
+"""Warm-up (SFT): teach the SLM the command `<call>N</call>` before GRPO.
+
+The data are built from prompts with known answers, in one of two strategies:
+
+- "random" (the paper's): correct SLM solutions (greedy) with 0 to `max_calls` commands
+  inserted at random token positions; the text simply continues after each command. This
+  teaches the syntax only.
+- "guided": the LLM solves the prompt greedily (rows it gets wrong are dropped); along that
+  path the SLM is teacher-forced, and at the first position where the SLM's greedy token
+  departs from the LLM's, the SLM writes `<call>N</call>`, then the LLM's next N tokens
+  follow (written by the LLM), then the path goes on, up to `max_calls` commands. Before
+  each divergence the path is exactly what the SLM would write greedily.
+
+Loss on the answer only (never the prompt); tokens written by the LLM are left out of the
+loss by default (`train_llm_tokens=True` keeps them). Training is TRL's SFTTrainer on a
+pre-tokenized dataset with a `completion_mask` column: TRL turns every 0 of that mask into
+the label -100, so the LLM-token mask reaches the loss through the library's own path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from relayllm.training.relay_parts import RelayTrainingError, add_command_tokens, command_ids, load_checkpoint
+
+STRATEGIES = ("random", "guided")
+DONE_MARK = "warmup_done.json"
+DATA_FILE = "warmup_data.jsonl"
+
+
+@dataclass
+class WarmupExample:
+    """One training sequence: prompt, then the completion the SLM should learn."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]  # EOS included
+    llm_mask: list[int]  # per completion token: 1 where the LLM wrote it
+    calls: int
+
+    def row(self, train_llm_tokens: bool = False) -> dict:
+        """Pre-tokenized SFT row: `completion_mask` 1 where the token counts in the loss."""
+        keep = [1 if (train_llm_tokens or not m) else 0 for m in self.llm_mask]
+        return {"input_ids": self.prompt_ids + self.completion_ids, "completion_mask": [0] * len(self.prompt_ids) + keep}
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt text, answer) pairs from task rows, explicit lists, or the task's train split."""
+    if prompts is not None:
+        if answers is None or len(answers) != len(prompts):
+            raise RelayTrainingError("prompts and answers must be given together, one answer per prompt")
+        return [(str(p), str(a)) for p, a in zip(prompts, answers)]
+    if rows is None:
+        from relayllm.training import task
+
+        rows = task.train_split()[:n_examples]
+    out = []
+    for r in rows:
+        if isinstance(r, dict):
+            out.append((r["prompt"], str(r["answer"])))
+        else:  # task.Example
+            out.append((r.prompt, str(r.answer)))
+    if not out:
+        raise RelayTrainingError("no warm-up prompts")
+    return out
+
+
+def _grade(text: str, answer: str) -> bool:
+    from relayllm.training import task
+
+    return task.grade(text, answer)
+
+
+@torch.no_grad()
+def greedy_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch: int = 64) -> list[list[int]]:
+    """Greedy completions as token ids, cut after the first EOS (EOS kept)."""
+    eos = tokenizer.eos_token_id
+    outs = []
+    for start in range(0, len(prompt_ids), batch):
+        chunk = prompt_ids[start : start + batch]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[eos] * (width - len(p)) + p for p in chunk])  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=eos, eos_token_id=eos)
+        for row in gen[:, width:].tolist():
+            outs.append(row[: row.index(eos) + 1] if eos in row else row)
+    return outs
+
+
+@torch.no_grad()
+def teacher_forced_greedy(model, prompt_ids: list[int], path: list[int]) -> list[int]:
+    """The model's greedy token at each position of `path`, given prompt + path before it."""
+    ids = torch.tensor([prompt_ids + path])
+    logits = model(input_ids=ids).logits[0]
+    return logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(path)].argmax(-1).tolist()
+
+
+def insert_random(completion: list[int], tokenizer, rng: random.Random, *, n_call: int, max_calls: int) -> WarmupExample:
+    """The paper's warm-up: 0..max_calls commands at random positions; the text goes on unchanged."""
+    k = rng.randint(0, max_calls)
+    body = completion[:-1] if completion and completion[-1] == tokenizer.eos_token_id else completion
+    positions = sorted(rng.sample(range(len(body) + 1), min(k, len(body) + 1)))
+    out = []
+    last = 0
+    for pos in positions:
+        out += body[last:pos] + command_ids(tokenizer, n_call)
+        last = pos
+    out += completion[last:]
+    return WarmupExample([], out, [0] * len(out), len(positions))
+
+
+def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: int, max_calls: int) -> WarmupExample:
+    """Commands where the SLM departs from the LLM's (solving) path; the LLM writes the next N."""
+    out, llm_mask, calls, t = [], [], 0, 0
+    while t < len(path):
+        if calls < max_calls and slm_greedy[t] != path[t]:
+            cmd = command_ids(tokenizer, n_call)
+            out += cmd
+            llm_mask += [0] * len(cmd)
+            written = path[t : t + n_call]
+            out += written
+            llm_mask += [1] * len(written)
+            t += len(written)
+            calls += 1
+            continue
+        out.append(path[t])
+        llm_mask.append(0)
+        t += 1
+    return WarmupExample([], out, llm_mask, calls)
+
+
+def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strategy: str = "guided", n_call: int = 4,
+                   max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True) -> list[WarmupExample]:
+    """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies)."""
+    from tqdm.auto import tqdm
+
+    if strategy not in STRATEGIES:
+        raise RelayTrainingError(f"unknown warm-up strategy {strategy!r}: choose one of {STRATEGIES}")
+    rng = random.Random(seed)
+    prompts = [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
+    solver = slm if strategy == "random" else llm
+    if solver is None:
+        raise RelayTrainingError("the guided warm-up needs the LLM")
+    solutions = greedy_ids(solver, tokenizer, prompts, max_new_tokens)
+    examples = []
+    for (prompt_text, answer), p_ids, sol in tqdm(list(zip(pairs, prompts, solutions)), desc=f"warm-up data ({strategy})",
+                                                 disable=not progress, mininterval=1.0):
+        if not _grade(tokenizer.decode(sol, skip_special_tokens=True), answer):
+            continue  # only solutions that reach the right answer
+        if strategy == "random":
+            ex = insert_random(sol, tokenizer, rng, n_call=n_call, max_calls=max_calls)
+        else:
+            ex = insert_guided(sol, teacher_forced_greedy(slm, p_ids, sol), tokenizer, n_call=n_call,
+                               max_calls=max_calls)
+        ex.prompt_ids = p_ids
+        examples.append(ex)
+    if not examples:
+        raise RelayTrainingError(f"no warm-up example: the {'SLM' if strategy == 'random' else 'LLM'} "
+                                 "solved none of the prompts")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+
+
+def _last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+
+
+def make_trainer(model, tokenizer, examples: list[WarmupExample], out_dir, *, train_llm_tokens: bool = False,
+                 epochs: float = 1.0, max_steps: int = -1, lr: float = 5e-4, batch_size: int = 16, seed: int = 0,
+                 progress: bool = True, save_steps: int = 50):
+    """TRL SFTTrainer over the examples (pre-tokenized, `completion_mask` -> labels -100)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = Dataset.from_list([ex.row(train_llm_tokens) for ex in examples])
+    args = SFTConfig(
+        output_dir=str(out_dir), num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
+        per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
+        logging_steps=5, save_steps=save_steps, save_total_limit=2, report_to="none", use_cpu=True, seed=seed,
+        data_seed=seed, completion_only_loss=True, max_length=None, disable_tqdm=not progress,
+        dataloader_num_workers=0, weight_decay=0.0, dataset_num_proc=None,
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_examples: int = 512,
+               strategy: str = "guided", n_call: int = 4, max_calls: int = 2, train_llm_tokens: bool = False,
+               epochs: float = 1.0, steps: int = -1, lr: float = 5e-4, batch_size: int = 16, seed: int = 0,
+               progress: bool = True, resume: bool = True, save_steps: int = 50) -> Path:
+    """Warm up the SLM at `slm` (HF checkpoint folder) with the LLM at `llm`; the trained
+    checkpoint (with tokenizer, command tokens added) goes to `out_dir`, which is returned.
+
+    `lr` defaults to a value for the project's tiny models; the paper uses 2e-5 on 1.7B.
+    With `resume`, a finished run is reused and an interrupted one continues from its last
+    checkpoint (the data are cached in the folder).
+    """
+    from transformers import set_seed
+
+    out_dir = Path(out_dir)
+    if resume and (out_dir / DONE_MARK).is_file():
+        return out_dir
+    set_seed(seed)
+    model, tokenizer = load_checkpoint(slm, what="SLM")
+    add_command_tokens(tokenizer, model)
+    data_file = out_dir / DATA_FILE
+    if resume and data_file.is_file():
+        examples = [WarmupExample(**json.loads(line)) for line in data_file.read_text().splitlines()]
+    else:
+        llm_model = load_checkpoint(llm, what="LLM")[0] if strategy == "guided" else None
+        pairs = _rows(rows, prompts, answers, n_examples, seed)
+        examples = build_examples(model, llm_model, tokenizer, pairs, strategy=strategy, n_call=n_call,
+                                  max_calls=max_calls, seed=seed, progress=progress)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data_file.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
+    trainer = make_trainer(model, tokenizer, examples, out_dir, train_llm_tokens=train_llm_tokens, epochs=epochs,
+                           max_steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
+                           save_steps=save_steps)
+    last = _last_checkpoint(out_dir) if resume else None
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"strategy": strategy, "examples": len(examples), "calls": sum(e.calls for e in examples),
+               "llm_tokens": sum(sum(e.llm_mask) for e in examples), "steps": trainer.state.global_step,
+               "train_loss": result.training_loss, "loss_first": losses[0] if losses else None,
+               "loss_last": losses[-1] if losses else None, "losses": losses, "resumed_from": last,
+               "train_llm_tokens": train_llm_tokens, "n_call": n_call, "lr": lr, "seed": seed}
+    (out_dir / DONE_MARK).write_text(json.dumps(summary, indent=1))
+    return out_dir
