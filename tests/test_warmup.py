@@ -1,0 +1,144 @@
+"""Warm-up: command insertion (random, guided) on crafted models, the LLM-token mask reaching
+TRL's loss, and resume from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import relay_models as rm
+import torch
+
+from relayllm.training import warmup
+from relayllm.training.relay_parts import RelayTrainingError, command_ids, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return rm.tokenizer()
+
+
+@pytest.fixture(scope="module")
+def ids(tok):
+    return lambda text: tok.encode(text, add_special_tokens=False)
+
+
+def test_guided_calls_where_the_slm_departs_and_the_llm_writes_the_next_n(tok, ids):
+    slm, llm = rm.bigram_model(tok, rm.SLM_DIVERGING), rm.bigram_model(tok, rm.LLM_TRANSITIONS)
+    [ex] = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2, progress=False)
+    eos = tok.eos_token_id
+    # the SLM would write "6" after "5": the command goes there, the LLM writes ";#", the path goes on
+    assert ex.prompt_ids == ids(rm.PROMPT)
+    assert ex.completion_ids == ids("5") + command_ids(tok, 2) + ids(";#8") + [eos]
+    assert tok.decode(ex.completion_ids, skip_special_tokens=True) == "5<call>2</call>;#8"
+    assert ex.llm_mask == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert ex.calls == 1
+
+
+def test_guided_has_no_call_when_the_slm_agrees_and_drops_rows_the_llm_fails(tok, ids):
+    llm = rm.bigram_model(tok, rm.LLM_TRANSITIONS)
+    pairs = [(rm.PROMPT, rm.ANSWER), (rm.PROMPT, "9")]  # the LLM gets the second one wrong
+    examples = warmup.build_examples(llm, llm, tok, pairs, strategy="guided", n_call=3, progress=False)
+    assert len(examples) == 1
+    assert examples[0].completion_ids == ids("5;#8") + [tok.eos_token_id]
+    assert examples[0].calls == 0 and sum(examples[0].llm_mask) == 0
+
+
+def test_guided_respects_max_calls():
+    ex = warmup.insert_guided([1, 2, 3, 4, 5, 6], [9, 2, 9, 4, 9, 6], _FakeTok(), n_call=1, max_calls=2)
+    assert ex.calls == 2
+    assert ex.completion_ids == [100, 7, 101, 1, 2, 100, 7, 101, 3, 4, 5, 6]
+    assert ex.llm_mask == [0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0]
+
+
+class _FakeTok:
+    """Just enough tokenizer for insert_guided's command: <call>=100, "1"=7, </call>=101."""
+
+    eos_token_id = 0
+
+    def convert_tokens_to_ids(self, tokens):
+        return [100, 101]
+
+    def encode(self, text, add_special_tokens=False):
+        return [7]
+
+
+def test_random_inserts_commands_and_keeps_the_text(tok, ids):
+    slm = rm.bigram_model(tok, rm.LLM_TRANSITIONS)  # solves the prompt alone
+    seen_counts = set()
+    open_id, close_id = tok.convert_tokens_to_ids(["<call>", "</call>"])
+    for seed in range(8):
+        [ex] = warmup.build_examples(slm, None, tok, [(rm.PROMPT, rm.ANSWER)], strategy="random", n_call=3,
+                                     max_calls=3, seed=seed, progress=False)
+        text = tok.decode(ex.completion_ids, skip_special_tokens=True)
+        assert text.replace("<call>3</call>", "") == "5;#8"
+        assert ex.completion_ids.count(open_id) == ex.completion_ids.count(close_id) == ex.calls
+        assert ex.completion_ids[-1] == tok.eos_token_id  # EOS stays last
+        assert sum(ex.llm_mask) == 0  # random commands: the SLM writes everything
+        seen_counts.add(ex.calls)
+    assert len(seen_counts) > 1  # 0..3 commands, drawn at random
+
+
+def test_random_positions_are_spread():
+    rng = random.Random(0)
+    positions = set()
+    for _ in range(50):
+        ex = warmup.insert_random([1, 2, 3, 4, 0], _FakeTok(), rng, n_call=1, max_calls=1)
+        if ex.calls:
+            positions.add(ex.completion_ids.index(100))
+    assert positions == {0, 1, 2, 3, 4}  # before EOS at any position
+
+
+def test_bad_strategy_and_missing_checkpoint(tmp_path, tok):
+    with pytest.raises(RelayTrainingError, match="strategy"):
+        warmup.build_examples(None, None, tok, [(rm.PROMPT, rm.ANSWER)], strategy="nope")
+    with pytest.raises(RelayTrainingError, match="no config.json"):
+        warmup.run_warmup(tmp_path / "absent", tmp_path / "absent", tmp_path / "out")
+
+
+def _loss(trainer, model):
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    with torch.no_grad():
+        return float(trainer.compute_loss(model, batch))
+
+
+def test_llm_token_mask_reaches_the_loss(tmp_path, tok, ids):
+    slm, llm = rm.bigram_model(tok, rm.SLM_DIVERGING), rm.bigram_model(tok, rm.LLM_TRANSITIONS)
+    examples = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2,
+                                     progress=False)
+    masked = warmup.make_trainer(slm, tok, examples, tmp_path / "a", progress=False)
+    kept = warmup.make_trainer(slm, tok, examples, tmp_path / "b", train_llm_tokens=True, progress=False)
+    labels = masked.train_dataset[0]["labels"]
+    p = len(examples[0].prompt_ids)
+    llm_positions = [p + i for i, m in enumerate(examples[0].llm_mask) if m]
+    assert llm_positions and all(labels[i] == -100 for i in llm_positions)
+    assert all(label == -100 for label in labels[:p])  # loss on the answer only
+    assert [labels[i] for i in range(p, len(labels)) if i not in llm_positions] == \
+        [t for t, m in zip(examples[0].completion_ids, examples[0].llm_mask) if not m]
+    assert all(kept.train_dataset[0]["labels"][i] != -100 for i in llm_positions)
+    # the SLM (bigram, ";" after "6" but "#" after ";") predicts the LLM's ";#" badly after </call>:
+    # keeping those tokens changes the loss
+    assert abs(_loss(masked, slm) - _loss(kept, slm)) > 1e-3
+
+
+def test_run_warmup_trains_and_resumes(tmp_path):
+    slm_dir, llm_dir = rm.save_pair(tmp_path, rm.SLM_DIVERGING)
+    rows = [{"prompt": rm.PROMPT, "answer": rm.ANSWER}] * 8
+    out = tmp_path / "warm"
+    warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, n_call=2, steps=2, batch_size=4, save_steps=1, lr=1e-2,
+                      progress=False)
+    first = json.loads((out / warmup.DONE_MARK).read_text())
+    assert first["steps"] == 2 and first["calls"] == 8 and first["llm_tokens"] == 16
+    assert (out / "checkpoint-2").is_dir()
+    # a finished run is reused as is
+    assert warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, steps=2, progress=False) == out
+    # interrupted after step 2 of 3: the run goes on from its last checkpoint
+    (out / warmup.DONE_MARK).unlink()
+    warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, n_call=2, steps=3, batch_size=4, save_steps=1, lr=1e-2,
+                      progress=False)
+    again = json.loads((out / warmup.DONE_MARK).read_text())
+    assert again["resumed_from"].endswith("checkpoint-2") and again["steps"] == 3
+    model, tokenizer = load_checkpoint(out)
+    assert tokenizer.convert_tokens_to_ids(["<call>", "</call>"]) == [49152, 49153]
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
