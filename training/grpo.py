@@ -186,6 +186,11 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     from trl import GRPOConfig, GRPOTrainer
 
     out_dir = Path(out_dir)
+    if kl > 0 and not Path(getattr(model.config, "_name_or_path", "") or "/nonexistent").is_dir():
+        # TRL builds the KL reference model from the policy's checkpoint folder: give an
+        # in-memory model one
+        model.save_pretrained(out_dir / "initial-policy")
+        model.config._name_or_path = str(out_dir / "initial-policy")
     args = GRPOConfig(
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=group_size * prompts_per_step,
         num_generations=group_size, steps_per_generation=1, gradient_accumulation_steps=1, learning_rate=lr,
