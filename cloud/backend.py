@@ -151,6 +151,10 @@ class SessionCache:
         finally:
             with self._cond:
                 session.busy = False
+                if session.context is None and self._sessions.get(key) is session:
+                    # A call that failed before the session had a context: nothing to keep.
+                    del self._sessions[key]
+                    self._release(session)
                 self._cond.notify_all()
 
     def drop(self, key) -> bool:

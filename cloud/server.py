@@ -196,9 +196,11 @@ class RelayServicer:
         """The session's new whole context, checked against what it holds (under its lease)."""
         if plan.base_length == 0:
             return plan.new_context
+        held = session.context
+        if held is None:
+            raise precondition("unknown or evicted session")
         if session.mode != plan.mode:
             raise precondition(f"the session is in {session.mode} mode, the request in {plan.mode} mode")
-        held = session.context
         if plan.base_length > len(held):
             raise precondition(f"base_length {plan.base_length} is past the session's length {len(held)}")
         base = held[: plan.base_length]
