@@ -65,4 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m relayllm.edge.cli`: go through the imported module, so that the CliError
+    # raised by subcommands is the class caught in main() (not a copy made for __main__).
+    from relayllm.edge.cli import main as _main
+
+    sys.exit(_main())

@@ -92,3 +92,330 @@ def test_any_split_gives_the_same_result(parts, cuts):
     assert whole == expected
     # Nothing is lost: text + commands give back the input.
     assert "".join(x if isinstance(x, str) else x.raw for x in whole) == text
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding with SmolLM2 on llama.cpp, and the splice with a real cloud on loopback
+
+PROMPT = "Once upon a time, in a small village by the sea,"
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def slm(smollm2_path):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(smollm2_path), n_ctx=512, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def cloud(smollm2_path):
+    """The cloud service on loopback, SmolLM2 as the LLM too (same tokenizer: token mode)."""
+    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.server import ServerThread
+
+    with ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def offline(slm):
+    """The SLM alone on PROMPT (no cloud)."""
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    return RelayDecoder(slm, limits=Limits(max_total_tokens=MAX_TOKENS)).generate(PROMPT)
+
+
+class EvalSpy:
+    """Records the size of every batch the decoder hands to llama.cpp (the real eval runs)."""
+
+    def __init__(self, llama):
+        self.llama, self.batches = llama, []
+        self._eval = llama.eval
+
+    def __enter__(self):
+        def eval_and_record(tokens):
+            self.batches.append(len(tokens))
+            return self._eval(tokens)
+
+        self.llama.eval = eval_and_record
+        return self
+
+    def __exit__(self, *exc):
+        del self.llama.eval  # back to the class's method
+
+
+class FireAt:
+    """A router that asks the LLM for `n` tokens at the given response positions."""
+
+    def __init__(self, positions, n, on_fire=None):
+        self.positions, self.n, self.on_fire, self.fired = set(positions), n, on_fire, 0
+
+    def decide(self, step) -> int:
+        assert step.logits.shape[0] > 1000 and int(step.logits.argmax()) == step.token  # greedy
+        if step.position in self.positions:
+            self.fired += 1
+            if self.on_fire:
+                self.on_fire(self.fired)
+            return self.n
+        return 0
+
+
+def collect(events):
+    from relayllm.edge.events import CallFinished, Result, TextPiece
+
+    events = list(events)
+    result = events[-1]
+    assert isinstance(result, Result) and not any(isinstance(e, Result) for e in events[:-1])
+    pieces = [e for e in events if isinstance(e, TextPiece)]
+    assert result.text == "".join(p.text for p in pieces) == "".join(t for _, t in result.spans)
+    assert result.slm_tokens + result.llm_tokens <= MAX_TOKENS
+    total = result.slm_tokens + result.llm_tokens
+    assert result.llm_token_ratio == pytest.approx(result.llm_tokens / total if total else 0.0)
+    calls = [e for e in events if isinstance(e, CallFinished)]
+    assert result.calls == len(calls)
+    assert result.llm_tokens == sum(c.received_tokens for c in calls)
+    assert sum(len(p.text) for p in pieces if p.author == "llm") == sum(len(t) for a, t in result.spans if a == "llm")
+    return result, calls
+
+
+def test_offline_generation_equals_llama_cpp_greedy(slm, offline):
+    slm.reset()
+    reference = slm.create_completion(PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
+    assert offline.text == reference["choices"][0]["text"]
+    assert offline.slm_tokens == reference["usage"]["completion_tokens"] == MAX_TOKENS
+    assert offline.llm_tokens == 0 and offline.calls == 0 and not offline.degraded
+    assert offline.finish_reason == "length" and offline.spans == [("slm", offline.text)]
+
+
+def test_prompt_ending_in_a_command_is_spliced_evaluating_only_new_tokens(slm, cloud, offline):
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    prompt_tokens = len(slm.tokenize((PROMPT + "<call>8</call>").encode(), add_bos=True, special=True))
+    slm.reset()
+    with CloudClient(cloud.target) as client, EvalSpy(slm) as spy:
+        decoder = RelayDecoder(slm, cloud=client, limits=Limits(max_total_tokens=MAX_TOKENS))
+        result, calls = collect(decoder.stream(PROMPT + "<call>8</call>"))
+    assert not result.degraded, result.degraded_reasons
+    assert result.calls == 1 and calls[0].ok and calls[0].requested_tokens == calls[0].received_tokens == 8
+    assert result.llm_tokens == 8 and result.slm_tokens == MAX_TOKENS - 8
+    assert [a for a, _ in result.spans] == ["llm", "slm"]
+    # The LLM (SmolLM2 too, greedy) continued the prompt with the command removed.
+    assert offline.text.startswith(result.spans[0][1])
+    clean_prompt_tokens = len(slm.tokenize(PROMPT.encode(), add_bos=True, special=True))
+    assert calls[0].usage.prefilled_tokens == result.prefilled_tokens == clean_prompt_tokens
+    # llama.cpp evaluated the prompt once, the 8 cloud tokens as one batch, then one token
+    # at a time: the prefix is never evaluated again.
+    assert spy.batches == [prompt_tokens, 8] + [1] * (MAX_TOKENS - 8)
+    assert slm.n_tokens == prompt_tokens + MAX_TOKENS
+
+
+def test_router_call_mid_answer_with_background_sync(slm, cloud, offline):
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    router = FireAt({6}, 4)
+    with CloudClient(cloud.target) as client, EvalSpy(slm) as spy:
+        decoder = RelayDecoder(slm, cloud=client, router=router, sync_every_tokens=2,
+                               limits=Limits(max_total_tokens=MAX_TOKENS))
+        result, calls = collect(decoder.stream(PROMPT))
+    assert router.fired == 1 and not result.degraded, result.degraded_reasons
+    assert result.llm_tokens == 4 and result.slm_tokens == MAX_TOKENS - 4 and calls[0].ok
+    authors = [a for a, _ in result.spans]
+    assert authors == ["slm", "llm", "slm"]
+    # The SLM's first 6 tokens are its offline text; the LLM continued right after them.
+    assert offline.text.startswith(result.spans[0][1]) and result.spans[0][1]
+    # The call found the cloud's cache warm (the sync sent the text written so far).
+    prompt_tokens = len(slm.tokenize(PROMPT.encode(), add_bos=True, special=True))
+    assert result.reused_tokens >= prompt_tokens and result.prefilled_tokens <= 6
+    assert spy.batches[1:] == [1] * 6 + [4] + [1] * (MAX_TOKENS - 10)  # the splice: one batch of 4
+
+
+def _refused_target() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"  # nothing listens there any more
+
+
+def test_cloud_down_gives_a_complete_degraded_answer(slm, offline):
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    with CloudClient(_refused_target(), deadline_s=2.0) as client:
+        decoder = RelayDecoder(slm, cloud=client, router=FireAt({3, 10}, 4),
+                               limits=Limits(max_total_tokens=MAX_TOKENS))
+        result, calls = collect(decoder.stream(PROMPT))
+    assert result.degraded and result.degraded_reasons and "unreachable" in result.degraded_reasons[0]
+    assert len(calls) == 2 and not any(c.ok for c in calls)
+    assert result.llm_tokens == 0 and result.slm_tokens == MAX_TOKENS
+    assert result.text == offline.text  # the SLM wrote every token: nothing lost, nothing changed
+
+
+def test_no_cloud_and_a_command_is_degraded_offline(slm):
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    result = RelayDecoder(slm, limits=Limits(max_total_tokens=8)).generate(PROMPT + "<call>8</call>")
+    assert result.degraded and "offline" in result.degraded_reasons[0]
+    assert result.slm_tokens == 8 and result.calls == 0
+    # Limits(max_calls=0): asking is not allowed, which is not a degradation.
+    quiet = RelayDecoder(slm, limits=Limits(max_calls=0, max_total_tokens=8)).generate(PROMPT + "<call>8</call>")
+    assert not quiet.degraded and quiet.text == result.text
+
+
+def test_cloud_stopped_mid_answer_keeps_what_was_written(slm, smollm2_path):
+    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.server import ServerThread
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.events import TextPiece
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    server = ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=2))
+    server.__enter__()
+    try:
+        def stop_before_second_call(fired):
+            if fired == 2:
+                server.stop()
+
+        with CloudClient(server.target, deadline_s=2.0) as client:
+            decoder = RelayDecoder(slm, cloud=client, router=FireAt({4, 12}, 3, stop_before_second_call),
+                                   limits=Limits(max_total_tokens=MAX_TOKENS))
+            seen = []
+            events = []
+            for event in decoder.stream(PROMPT):
+                events.append(event)
+                if isinstance(event, TextPiece):
+                    seen.append(event.text)
+            result, calls = collect(events)
+    finally:
+        server.stop()
+    assert calls[0].ok and calls[0].received_tokens == 3
+    assert len(calls) == 2 and not calls[1].ok
+    assert result.degraded and any("call 2" in r for r in result.degraded_reasons)
+    assert result.llm_tokens == 3 and result.slm_tokens == MAX_TOKENS - 3
+    assert [a for a, _ in result.spans] == ["slm", "llm", "slm"]
+    assert result.text == "".join(seen) and result.finish_reason == "length"
+
+
+class HangingRelay:
+    """A fault a real cloud cannot produce on demand: Help never answers (until released)."""
+
+    def __init__(self, fingerprint):
+        import grpc
+        from concurrent import futures
+        import threading
+
+        from relayllm.protos import relay_pb2 as pb
+        from relayllm.protos import relay_pb2_grpc
+
+        self.release = threading.Event()
+        hang = self
+
+        class Servicer(relay_pb2_grpc.RelayServicer):
+            def Info(self, request, context):
+                return pb.InfoReply(model="hang", backend="test", tokenizer_fingerprint=fingerprint,
+                                    max_tokens_per_call=64)
+
+            def Help(self, request, context):
+                hang.release.wait(60)
+                return iter(())
+
+            def EndSession(self, request, context):
+                return pb.EndSessionReply()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        relay_pb2_grpc.add_RelayServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self):
+        self.release.set()
+        self.server.stop(None)
+
+
+def test_a_hanging_cloud_is_cut_at_the_deadline(slm, offline):
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.fingerprint import tokenizer_fingerprint
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    hang = HangingRelay(tokenizer_fingerprint(slm))
+    try:
+        with CloudClient(f"127.0.0.1:{hang.port}") as client:
+            decoder = RelayDecoder(slm, cloud=client, router=FireAt({5}, 4), deadline_s=0.5,
+                                   limits=Limits(max_total_tokens=MAX_TOKENS))
+            result, calls = collect(decoder.stream(PROMPT))
+    finally:
+        hang.close()
+    assert len(calls) == 1 and not calls[0].ok and "deadline" in calls[0].error
+    assert calls[0].latency_s < 30  # cut by the 0.5 s deadline, not by the 60 s hang
+    assert result.degraded and result.text == offline.text
+
+
+def test_asyncio_api_gives_the_same_result_and_cancels(slm, offline):
+    import asyncio
+
+    from relayllm.edge.events import Result, TextPiece
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    decoder = RelayDecoder(slm, limits=Limits(max_total_tokens=MAX_TOKENS))
+
+    async def main():
+        result = await decoder.agenerate(PROMPT)
+        events = [e async for e in decoder.astream(PROMPT)]
+        # Stop early: the decoder stops at the next token and is usable again afterwards.
+        stream = decoder.astream(PROMPT)
+        first = await stream.__anext__()
+        await stream.aclose()
+        again = await decoder.agenerate(PROMPT)
+        return result, events, first, again
+
+    result, events, first, again = asyncio.run(main())
+    assert result.text == offline.text and result.slm_tokens == offline.slm_tokens
+    assert isinstance(events[-1], Result) and events[-1].text == offline.text
+    assert "".join(e.text for e in events if isinstance(e, TextPiece)) == offline.text
+    assert isinstance(first, TextPiece) and again.text == offline.text
+
+
+def test_chat_template_matches_llama_cpp_chat_completion(slm):
+    from relayllm.edge.relay import Limits, RelayDecoder
+
+    question = "What is the capital of France?"
+    slm.reset()
+    reference = slm.create_chat_completion([{"role": "user", "content": question}], max_tokens=12, temperature=0.0)
+    result = RelayDecoder(slm, chat=True, limits=Limits(max_total_tokens=12)).generate(question)
+    assert result.text == reference["choices"][0]["message"]["content"]
+
+
+def test_edge_imports_and_generate_cli_never_import_torch(smollm2_path):
+    code = ("import sys\n"
+            "import relayllm.edge.relay, relayllm.edge.command, relayllm.edge.events, relayllm.edge.generate_cli\n"
+            "assert 'torch' not in sys.modules, 'import'\n"
+            "from relayllm.edge.cli import main\n"
+            f"rc = main(['generate', 'Hello', '--model', {str(smollm2_path)!r}, '--max-tokens', '4', '--no-chat'])\n"
+            "assert rc == 0, rc\n"
+            "assert 'torch' not in sys.modules, 'generate'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "SLM tokens" in proc.stdout and "LLM token ratio" in proc.stdout
+
+
+def test_generate_cli_marks_cloud_spans_and_reports_bad_input(cloud, smollm2_path, tmp_path):
+    run = [sys.executable, "-c", "import sys; from relayllm.edge.cli import main; sys.exit(main())", "generate"]
+    proc = subprocess.run(run + [PROMPT + "<call>4</call>", "--model", str(smollm2_path), "--cloud", cloud.target,
+                                 "--max-tokens", "8", "--no-chat"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    answer = proc.stdout.split("\n\n")[0]
+    assert answer.startswith("⟦") and answer.count("⟦") == answer.count("⟧") == 1
+    assert re.search(r"LLM tokens\s+4\b", proc.stdout) and re.search(r"calls\s+1\b", proc.stdout)
+
+    missing = subprocess.run(run + ["hi", "--model", str(tmp_path / "none.gguf")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "model file not found" in missing.stderr
+    bad = subprocess.run(run + ["hi", "--cloud", "localhost"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "bad cloud address" in bad.stderr
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"not a model")
+    broken = subprocess.run(run + ["hi", "--model", str(not_gguf)], capture_output=True, text=True)
+    assert broken.returncode == 2 and "cannot load" in broken.stderr
