@@ -114,3 +114,32 @@ def test_run_grpo_logs_every_step_and_resumes(tmp_path):
 def test_bad_reward_name(tmp_path):
     with pytest.raises(RelayTrainingError, match="unknown reward"):
         grpo.run_grpo(tmp_path, tmp_path, tmp_path / "o", reward="nope")
+
+
+def test_rollout_calls_the_llm_through_the_grpc_cloud(tok, pair, tmp_path):
+    """The same rollout with the LLM behind the project's cloud service (llama.cpp backend on
+    loopback, token mode): the called samples get the LLM's tokens over the wire."""
+    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.server import ServerThread
+    from relayllm.training import export
+    from relayllm.training.relay_parts import CloudLLM
+
+    slm, llm = pair
+    llm_dir = tmp_path / "llm"
+    llm.save_pretrained(llm_dir)
+    tok.save_pretrained(llm_dir)
+    gguf = export.convert(llm_dir, tmp_path / "llm-f16.gguf", "f16")
+    ids = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    with ServerThread(LlamaCppBackend(str(gguf), n_ctx=128, max_sessions=4)) as server:
+        helper = CloudLLM(server.target, tok, temperature=0.0)
+        try:
+            rollout = grpo.RelayRollout(tok, helper, max_tokens=16)
+            gen = torch.Generator().manual_seed(1)
+            results = [rollout.rollout_one(slm, ids(rm.PROMPT), gen) for _ in range(8)]
+        finally:
+            helper.close()
+    called = [r for r in results if r["calls"]]
+    assert called and helper.stats.calls == len(called) and helper.stats.failures == 0
+    for r in called:
+        assert r["completion_ids"][:7] == command_ids(tok, 4) + ids("5;#8")
+        assert r["authors"][:7] == [0, 0, 0, 1, 1, 1, 1]

@@ -57,6 +57,7 @@ class RelayRollout:
         """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls."""
         completion, logps, authors = [], [], []
         calls = requested = 0
+        self.helper.new_sample()
         res = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
         cache, logits = res.past_key_values, res.logits[0, -1]
         while len(completion) < self.max_tokens:

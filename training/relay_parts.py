@@ -99,6 +99,7 @@ def without_commands(ids: list[int], open_id: int, close_id: int) -> list[int]:
 class HelperStats:
     calls: int = 0
     tokens: int = 0
+    failures: int = 0  # cloud calls that failed (the SLM then goes on alone, as on the edge)
 
 
 class LocalLLM:
@@ -108,6 +109,10 @@ class LocalLLM:
         self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
         self.open_id, self.close_id = add_command_tokens(tokenizer)
         self.stats = HelperStats()
+        self._session = None
+
+    def new_sample(self) -> None:
+        """A rollout starts (nothing to do in process)."""
 
     @classmethod
     def from_dir(cls, path, **kw) -> "LocalLLM":
@@ -151,19 +156,36 @@ class CloudLLM:
         self.tokenizer, self.temperature = tokenizer, temperature
         self.open_id, self.close_id = add_command_tokens(tokenizer)
         self.stats = HelperStats()
+        self._session = None
+
+    def new_sample(self) -> None:
+        """A rollout starts: its calls share one cloud session (the cloud reuses its KV
+        cache); the session is opened at the rollout's first call."""
+        if self._session is not None:
+            self._session.end()
+        self._session = None
 
     def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
+        """Up to `n` tokens from the cloud; on a cloud failure, whatever arrived (maybe none),
+        and the rollout goes on with the SLM alone, as the edge SDK does."""
+        from relayllm.edge.client import CloudError
+
         ctx = without_commands(context, self.open_id, self.close_id)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
-        session = self.client.session()
+        if self._session is None:
+            self._session = self.client.session()
+        out: list[int] = []
         try:
-            out = [p.token_id for p in session.help(tokens=ctx, max_tokens=n, temperature=self.temperature,
-                                                     seed=seed)]
-        finally:
-            session.end()
+            for piece in self._session.help(tokens=ctx, max_tokens=n, temperature=self.temperature, seed=seed):
+                out.append(piece.token_id)
+        except CloudError:
+            self.stats.failures += 1
         self.stats.calls += 1
         self.stats.tokens += len(out)
         return out
 
     def close(self):
+        if self._session is not None:
+            self._session.end()
+            self._session = None
         self.client.close()
