@@ -199,12 +199,14 @@ def make_trainer(model, tokenizer, examples: list[WarmupExample], out_dir, *, tr
 
 def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_examples: int = 512,
                strategy: str = "guided", n_call: int = 4, max_calls: int = 2, train_llm_tokens: bool = False,
-               epochs: float = 1.0, steps: int = -1, lr: float = 5e-4, batch_size: int = 16, seed: int = 0,
-               progress: bool = True, resume: bool = True, save_steps: int = 50) -> Path:
+               epochs: float = 1.0, steps: int = 60, lr: float = 2e-3, batch_size: int = 16, seed: int = 0,
+               progress: bool = True, resume: bool = True, save_steps: int = 20) -> Path:
     """Warm up the SLM at `slm` (HF checkpoint folder) with the LLM at `llm`; the trained
     checkpoint (with tokenizer, command tokens added) goes to `out_dir`, which is returned.
 
-    `lr` defaults to a value for the project's tiny models; the paper uses 2e-5 on 1.7B.
+    `lr` and `steps` (a fixed count; -1 = `epochs` over the data) default to values for the
+    project's tiny models: 60 steps at 2e-3 take the guided loss from ~1.2 to ~0.13 in about
+    2-3 minutes on 2 CPU cores (the paper: 2e-5, one epoch, on 1.7B).
     With `resume`, a finished run is reused and an interrupted one continues from its last
     checkpoint (the data are cached in the folder).
     """
