@@ -133,8 +133,8 @@ class SessionCache:
                 if session is None:
                     if not create:
                         raise SessionMissing(key)
-                    if per_tenant_limit is not None and self.count(key[0]) >= per_tenant_limit:
-                        if not self._evict_one(tenant=key[0]):
+                    while per_tenant_limit is not None and self.count(key[0]) >= per_tenant_limit:
+                        if not self._evict_one(tenant=key[0]):  # the tenant's own oldest idle one
                             raise SessionBusyLimit(key[0])
                     if len(self._sessions) >= self.capacity and not self._evict_one():
                         self._cond.wait(0.05)  # every slot busy: wait for a release

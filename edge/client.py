@@ -141,11 +141,12 @@ class CloudClient:
         self.stub = relay_pb2_grpc.RelayStub(self.channel)
         self._info: pb.InfoReply | None = None
 
-    def info(self) -> pb.InfoReply:
+    def info(self, *, timeout_s: float | None = None) -> pb.InfoReply:
         """What the service runs (cached after the first success)."""
         if self._info is None:
+            timeout = self.deadline_s if timeout_s is None else max(0.001, min(timeout_s, self.deadline_s))
             try:
-                self._info = self.stub.Info(pb.InfoRequest(), timeout=self.deadline_s, metadata=self.metadata)
+                self._info = self.stub.Info(pb.InfoRequest(), timeout=timeout, metadata=self.metadata)
             except grpc.RpcError as err:
                 raise CloudError(_reason(err), err.details() or "") from None
         return self._info
@@ -229,7 +230,7 @@ class CloudSession:
             return "tokens", [int(t) for t in tokens]
         return "text", text.encode("utf-8")
 
-    def _context(self, mode: str, whole, *, full: bool) -> pb.Context:
+    def _context(self, mode: str, whole, *, full: bool, deadline: float) -> pb.Context:
         base = 0
         if not full and self._held is not None and self._mode == mode:
             base = (_common_text_prefix if mode == "text" else _common_token_prefix)(self._held, whole)
@@ -238,7 +239,7 @@ class CloudSession:
             context.text = whole[base:].decode("utf-8")
         else:
             context.tokens.ids.extend(whole[base:])
-            context.tokenizer_fingerprint = self.client.info().tokenizer_fingerprint
+            context.tokenizer_fingerprint = self.client.info(timeout_s=deadline - time.monotonic()).tokenizer_fingerprint
         return context
 
     def _settle(self, mode: str, whole, generated, length: int, crc: int) -> None:
@@ -275,7 +276,7 @@ class CloudSession:
         sampling = pb.Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         for attempt in range(2):
             try:
-                context = self._context(mode, whole, full=attempt > 0)
+                context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
             except CloudError as err:  # info() failed
                 raise self._fail(err.reason, err.detail) from None
             request = pb.HelpRequest(session_id=self.id, context=context, max_tokens=max_tokens, sampling=sampling)
@@ -323,7 +324,7 @@ class CloudSession:
         self._check_breaker()
         for attempt in range(2):
             try:
-                context = self._context(mode, whole, full=attempt > 0)
+                context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
             except CloudError as err:
                 raise self._fail(err.reason, err.detail) from None
             request = pb.SyncRequest(session_id=self.id, context=context)

@@ -328,3 +328,30 @@ def test_circuit_breaker_opens_and_closes(backend):
             assert breaker.state == "closed"
         finally:
             revived.stop()
+
+
+def test_limits_rate_message_size_and_sessions_per_tenant(backend):
+    from relayllm.cloud.server import ServerConfig, ServerThread
+
+    config = ServerConfig(rate_per_s=0.01, max_message_bytes=2000, max_sessions_per_tenant=1)
+    with ServerThread(backend, config=config) as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = pbg.RelayStub(channel)
+        _, done = raw_help(stub, pb.HelpRequest(session_id="one", context=pb.Context(text=PROMPT), max_tokens=1))
+        with pytest.raises(grpc.RpcError) as err:  # the tenant's one request per 100 s is spent
+            raw_help(stub, pb.HelpRequest(session_id="two", context=pb.Context(text=PROMPT), max_tokens=1))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            raw_help(stub, pb.HelpRequest(session_id="big", context=pb.Context(text="x" * 5000), max_tokens=1))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        channel.close()
+    with ServerThread(backend, config=ServerConfig(max_sessions_per_tenant=1)) as server:
+        channel = grpc.insecure_channel(server.target)
+        stub = pbg.RelayStub(channel)
+        _, done = raw_help(stub, pb.HelpRequest(session_id="first", context=pb.Context(text=PROMPT), max_tokens=1))
+        raw_help(stub, pb.HelpRequest(session_id="second", context=pb.Context(text=PROMPT), max_tokens=1))
+        with pytest.raises(grpc.RpcError) as err:  # the tenant's second session pushed out its first
+            raw_help(stub, pb.HelpRequest(session_id="first", max_tokens=1, context=pb.Context(
+                base_length=done.session_length, base_crc32=done.session_crc32, text=" and")))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        channel.close()
