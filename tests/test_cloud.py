@@ -355,3 +355,36 @@ def test_limits_rate_message_size_and_sessions_per_tenant(backend):
                 base_length=done.session_length, base_crc32=done.session_crc32, text=" and")))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         channel.close()
+
+
+def test_serve_cli_listens_answers_and_stops_on_ctrl_c(smollm2_path, tmp_path):
+    import os
+    import signal
+    import sys
+
+    code = ("import sys, relayllm.cloud.cli; "
+            "sys.exit(any(m in sys.modules for m in ('torch', 'transformers', 'llama_cpp')))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "relayllm.cloud.cli imports heavy modules"
+    from relayllm.edge.cli import main
+
+    assert main(["serve", "--model", str(tmp_path / "missing.gguf")]) == 2
+    assert main(["serve", "--model", str(smollm2_path), "--token", "no-tenant"]) == 2
+    process = subprocess.Popen([sys.executable, "-m", "relayllm.edge.cli", "serve", "--model", str(smollm2_path),
+                                "--port", "0", "--max-sessions", "2", "--n-ctx", "256", "--token", "secret:team"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = process.stdout.readline()
+        assert "listening on 127.0.0.1:" in line, line + process.stderr.read()
+        target = line.split("listening on ")[1].split()[0]
+        from relayllm.edge.client import CloudClient
+
+        with CloudClient(target, token="secret", deadline_s=30) as client:
+            assert client.info().backend == "llama.cpp"
+            assert "".join(p.text for p in client.session().help(text=PROMPT, max_tokens=2)).startswith(" Paris")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
