@@ -27,7 +27,7 @@ TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b"}
 def backend(smollm2_path):
     from relayllm.cloud.llamacpp_backend import LlamaCppBackend
 
-    backend = LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4, n_threads=2)
+    backend = LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4, n_threads=1)
     yield backend
     backend.close()
 
@@ -388,3 +388,15 @@ def test_serve_cli_listens_answers_and_stops_on_ctrl_c(smollm2_path, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_sync_warms_the_cache_so_help_prefills_nothing(client, backend):
+    session = client.session()
+    session.sync(text=PROMPT)
+    assert session.stats.prefilled_tokens == len(backend.tokenize(PROMPT.encode()))
+    text = collect(session, text=PROMPT, max_tokens=3)
+    usage = session.last_done.usage
+    assert usage.prefilled_tokens == 0 and usage.reused_tokens == len(backend.tokenize(PROMPT.encode()))
+    assert text == collect(client.session(), text=PROMPT, max_tokens=3)
+    session.sync(text=PROMPT + text + " Berlin")  # a Sync after a Help sends only the delta
+    assert session.stats.resends == 0
