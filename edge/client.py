@@ -144,11 +144,19 @@ class CloudClient:
     def info(self, *, timeout_s: float | None = None) -> pb.InfoReply:
         """What the service runs (cached after the first success)."""
         if self._info is None:
+            # the first contact with the cloud: it goes through the breaker like any call,
+            # or an unreachable cloud would cost a full connection attempt every time
+            if not self.breaker.allow(probe=self.healthy):
+                raise CloudError("circuit_open", "the cloud failed repeatedly; calls resume after a health check")
             timeout = self.deadline_s if timeout_s is None else max(0.001, min(timeout_s, self.deadline_s))
             try:
                 self._info = self.stub.Info(pb.InfoRequest(), timeout=timeout, metadata=self.metadata)
             except grpc.RpcError as err:
-                raise CloudError(_reason(err), err.details() or "") from None
+                reason = _reason(err)
+                if reason in _SICK:
+                    self.breaker.record_failure()
+                raise CloudError(reason, err.details() or "") from None
+            self.breaker.record_success()
         return self._info
 
     def healthy(self, timeout_s: float = 1.0) -> bool:
@@ -277,8 +285,8 @@ class CloudSession:
         for attempt in range(2):
             try:
                 context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
-            except CloudError as err:  # info() failed
-                raise self._fail(err.reason, err.detail) from None
+            except CloudError:  # info() failed (and told the breaker)
+                raise
             request = pb.HelpRequest(session_id=self.id, context=context, max_tokens=max_tokens, sampling=sampling)
             self.stats.calls += 1
             self.stats.bytes_sent += request.ByteSize()
@@ -325,8 +333,8 @@ class CloudSession:
         for attempt in range(2):
             try:
                 context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
-            except CloudError as err:
-                raise self._fail(err.reason, err.detail) from None
+            except CloudError:  # info() failed (and told the breaker)
+                raise
             request = pb.SyncRequest(session_id=self.id, context=context)
             self.stats.calls += 1
             self.stats.bytes_sent += request.ByteSize()
