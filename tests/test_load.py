@@ -1,0 +1,56 @@
+"""Load on loopback (issue 6): many concurrent sessions against the llama.cpp backend.
+
+More sessions than the backend's session cache holds, so sessions are evicted and their
+edges must resend (FAILED_PRECONDITION, then the whole prefix), never get wrong text.
+Prints requests per second, p50/p95/p99 Help latency, errors and peak memory; asserts no
+errors and memory bounded by the session cache (a second, longer wave of the same load
+does not grow the peak). The long variant (`pytest --long`) runs more sessions for longer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relayllm.cloud.bench_cloud import run_load
+
+
+@pytest.fixture(scope="module")
+def cloud(smollm2_path):
+    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.server import ServerConfig, ServerThread
+
+    config = ServerConfig(max_sessions=4, max_sessions_per_tenant=64, max_concurrent_streams=128)
+    with ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=1024, max_sessions=4), config=config) as server:
+        yield server
+
+
+def show(name, report):
+    d = report.as_dict()
+    print(f"\n[load] {name}: " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}))
+
+
+def check(report):
+    assert report.requests > 0
+    assert report.errors == 0, report.errors_by_code
+    assert report.latency_p50_s <= report.latency_p95_s <= report.latency_p99_s
+
+
+def test_sixteen_sessions_over_a_four_session_cache(cloud):
+    first = run_load(cloud.target, sessions=16, calls_per_session=3, max_tokens=4, delta_chars=60)
+    show("16 sessions x 3 calls", first)
+    check(first)
+    assert first.resends > 0, "16 sessions over a 4-session cache must evict some"
+    second = run_load(cloud.target, sessions=16, calls_per_session=6, max_tokens=4, delta_chars=60)
+    show("16 sessions x 6 calls", second)
+    check(second)
+    # Memory is bounded by the session cache, not by the number of sessions or calls made.
+    assert second.peak_rss_mib <= first.peak_rss_mib + 64, (first.peak_rss_mib, second.peak_rss_mib)
+
+
+@pytest.mark.long
+def test_sixty_four_sessions_for_a_minute(cloud):
+    report = run_load(cloud.target, sessions=64, duration_s=60, max_tokens=8, delta_chars=120)
+    show("64 sessions x 60 s", report)
+    check(report)
