@@ -156,7 +156,8 @@ def slm_deltas(calls: int, delta_chars: int) -> list[str]:
 def prefill_reuse_vs_resend(target: str, *, calls: int = 6, delta_chars: int = 200, max_tokens: int = 16) -> dict:
     """A long answer with `calls` calls, two ways, alternating call by call:
     `session`: each call sends only the delta and the cloud reuses the session's KV cache;
-    `resend`: each call sends the whole prefix and the cloud prefills it all (the references)."""
+    `resend`: each call sends the whole prefix to a cloud that kept nothing, which prefills it
+    all (the reference: a stateless service)."""
     channel, stub = stub_for(target)
     reuse, resend = TextSession(stub), TextSession(stub)
     rows = []
@@ -164,6 +165,9 @@ def prefill_reuse_vs_resend(target: str, *, calls: int = 6, delta_chars: int = 2
         for i, delta in enumerate(slm_deltas(calls, delta_chars)):
             first = i == 0
             a = reuse.help((PROMPT if first else "") + delta, max_tokens)
+            # a cloud without sessions: it forgets between calls (the backend would otherwise
+            # find the resent prefix in its cache and reuse it), so the whole prefix is prefilled
+            resend.end()
             b = resend.help((PROMPT if first else "") + delta, max_tokens, full=True)
             rows.append({"call": i + 1, "session": asdict(a), "resend": asdict(b)})
     finally:

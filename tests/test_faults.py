@@ -162,7 +162,7 @@ def test_circuit_breaker_opens_after_failures_and_closes_when_the_cloud_is_back(
     from relayllm.edge.client import CircuitBreaker
 
     with FaultProxy(cloud.port, mode="refuse") as proxy:
-        breaker = CircuitBreaker(failures=2, reset_s=1.0)
+        breaker = CircuitBreaker(failures=2, reset_s=3.0)  # stays open through the second request
         # a call every 2 SLM tokens: many calls in one short request
         result, calls = decode(slm, proxy.target, breaker=breaker, router=EveryK(k=2, n=2))
         assert result.degraded
@@ -174,7 +174,7 @@ def test_circuit_breaker_opens_after_failures_and_closes_when_the_cloud_is_back(
         assert errors and all("circuit" in e for e in errors), errors
         assert proxy.connections - connections <= 2
         proxy.mode = "pass"
-        time.sleep(1.2)
+        time.sleep(3.2)
         healed, healed_calls = decode(slm, proxy.target, breaker=breaker)
     assert any(c.ok for c in healed_calls), [c.error for c in healed_calls]
     assert healed.llm_tokens > 0

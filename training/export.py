@@ -43,9 +43,11 @@ def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16") -> P
     return out_file
 
 
-def quantize(src: str | Path, dst: str | Path, qtype: str = "q8_0", *, threads: int = 0) -> Path:
-    """Quantize a GGUF with llama.cpp's quantizer (llama-cpp-python's llama_model_quantize)."""
+def quantize(src: str | Path, dst: str | Path, qtype: str = "q8_0", *, threads: int = 0, verbose: bool = False) -> Path:
+    """Quantize a GGUF with llama.cpp's quantizer (llama-cpp-python's llama_model_quantize).
+    llama.cpp logs every tensor to stderr; that log is shown only with `verbose`."""
     import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
 
     key = qtype.lower()
     if key not in QUANT_TYPES:
@@ -57,7 +59,8 @@ def quantize(src: str | Path, dst: str | Path, qtype: str = "q8_0", *, threads: 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[key])
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    with suppress_stdout_stderr(disable=verbose):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not dst.is_file():
         raise ExportError(f"llama.cpp could not quantize {src.name} to {qtype} (return code {rc}); "
                           "K-quants need tensor rows that are a multiple of 256 wide")
