@@ -6,22 +6,48 @@ same code with the real configs (relayllm demo runs it).
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 
 import pytest
 
-from relayllm.training import defaults, tiny_models
+from relayllm.training import defaults, task, tiny_models
 
 MICRO = tiny_models.TinyConfig(hidden=64, layers=1, heads=2, intermediate=128, steps=20, batch=16)
 
 
-@pytest.fixture
-def micro_recipe(tmp_path, monkeypatch):
-    monkeypatch.setenv("RELAYLLM_CACHE", str(tmp_path))
+def _micro(monkeypatch, cache):
+    monkeypatch.setenv("RELAYLLM_CACHE", str(cache))
     monkeypatch.setattr(tiny_models, "LLM_CONFIG", MICRO)
     monkeypatch.setattr(tiny_models, "SLM_CONFIG", MICRO)
+    held_out = task.test_split()[:20]  # the build's accuracy checks on a few questions (fast on busy cores)
+    monkeypatch.setattr(task, "test_split", lambda seed=task.SPLIT_SEED: list(held_out))
     monkeypatch.setattr(defaults, "_relay_training", lambda: None)  # the pair only
+    monkeypatch.setattr(defaults, "_router_training", lambda: None)  # (the router tests turn them on)
+
+
+@pytest.fixture
+def micro_recipe(tmp_path, monkeypatch):
+    _micro(monkeypatch, tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def built_micro_pair(tmp_path_factory):
+    """A cache holding the micro pair, built once for the tests that build on top of it."""
+    cache = tmp_path_factory.mktemp("micro-pair")
+    with pytest.MonkeyPatch.context() as mp:
+        _micro(mp, cache)
+        defaults.default_models(progress=False)
+    return cache
+
+
+@pytest.fixture
+def micro_pair(built_micro_pair, micro_recipe):
+    """micro_recipe with the pair already in its cache (a copy of built_micro_pair)."""
+    shutil.copytree(built_micro_pair, micro_recipe, dirs_exist_ok=True)
+    return micro_recipe
 
 
 def test_built_once_then_reused(micro_recipe):
@@ -39,6 +65,7 @@ def test_built_once_then_reused(micro_recipe):
         assert path.is_file() and path.suffix == ".gguf"
     assert (first.llm_hf / "config.json").is_file() and (first.slm_hf / "tokenizer.json").is_file()
     assert first.relay_slm is None  # no relay training in this recipe
+    assert first.r2r_router is None and first.citer_router is None  # nor router training
     assert 0.0 <= first.info["llm"]["test_accuracy"] <= 1.0 and "gguf_test_accuracy" in first.info["slm"]
     stamp = first.llm.stat().st_mtime_ns
     again = defaults.default_models(progress=False)
@@ -50,3 +77,53 @@ def test_recipe_hash_follows_the_recipe(micro_recipe, monkeypatch):
     assert defaults.recipe_hash(1) != before
     monkeypatch.setattr(tiny_models, "SLM_CONFIG", tiny_models.TinyConfig(steps=1))
     assert defaults.recipe_hash(0) != before
+
+
+MICRO_ROUTERS = defaults.RouterRecipe(r2r_prompts=3, citer_prompts=4, max_new=8, hidden=8, epochs=2)
+
+
+def test_token_routers_are_built_into_the_manifest_and_load_on_the_edge(micro_pair, monkeypatch):
+    from relayllm.edge.token_router import TokenRouter
+    from relayllm.training.citer import train_citer
+    from relayllm.training.r2r import train_r2r
+
+    pair = defaults.default_models(progress=False)  # the pair alone (router training off): reused
+    assert pair.root.is_relative_to(micro_pair) and pair.r2r_router is None
+    monkeypatch.setattr(defaults, "_router_training", lambda: (train_r2r, train_citer))
+    monkeypatch.setattr(defaults, "ROUTER_RECIPE", MICRO_ROUTERS)
+    models = defaults.default_models(progress=False)  # the routers are missing and buildable: built now
+    assert models.llm == pair.llm and models.slm == pair.slm  # on top of the same pair, not rebuilt
+    assert models.r2r_router == models.root / "routers" / "r2r.onnx"
+    assert models.citer_router == models.root / "routers" / "citer.onnx"
+    manifest = json.loads((models.root / "manifest.json").read_text())
+    assert manifest["r2r_router"] == "routers/r2r.onnx" and manifest["citer_router"] == "routers/citer.onnx"
+    info = models.info["routers"]
+    assert "error" not in info and info["recipe"]["r2r_prompts"] == 3
+    assert info["r2r"]["prompts"] == 3 and info["citer"]["prompts"] == 4
+    assert {"precision", "recall"} <= set(info["r2r"]["held_out"]) and "rollouts_saved" in info["citer"]
+    assert info["build_s"] > 0 and info["r2r"]["build_s"] > 0
+    for path, mode in ((models.r2r_router, "r2r"), (models.citer_router, "citer")):
+        assert TokenRouter(path).mode == mode
+    # the features are the edge's: the router takes the SLM GGUF's hidden size
+    import llama_cpp
+
+    llama = llama_cpp.Llama(model_path=str(models.slm), n_ctx=32, embedding=True, verbose=False, n_threads=1)
+    assert TokenRouter(models.r2r_router, llama=llama).spec.hidden_size == llama.n_embd()
+    llama.close()
+    stamp = models.r2r_router.stat().st_mtime_ns
+    assert defaults.default_models(progress=False) == models and models.r2r_router.stat().st_mtime_ns == stamp
+
+
+def test_a_failed_router_build_keeps_the_pair_and_its_error(micro_pair, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no routers today")
+
+    monkeypatch.setattr(defaults, "_router_training", lambda: (broken, broken))
+    monkeypatch.setattr(defaults, "ROUTER_RECIPE", MICRO_ROUTERS)
+    models = defaults.default_models(progress=False)
+    assert models.slm.is_file() and models.r2r_router is None and models.citer_router is None
+    assert models.info["routers"]["error"] == "RuntimeError: no routers today"
+    # tried once with this recipe: not retried at every call
+    assert not defaults._routers_missing_but_buildable(models.root / "manifest.json")
+    monkeypatch.setattr(defaults, "ROUTER_RECIPE", defaults.RouterRecipe(r2r_prompts=2))
+    assert defaults._routers_missing_but_buildable(models.root / "manifest.json")  # a new recipe is tried

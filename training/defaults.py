@@ -10,6 +10,7 @@ Cache layout, under cache_dir()/default-models/<recipe hash>/:
     llm/ slm/                HF checkpoints (model + tokenizer)
     llm-q8_0.gguf ...        the GGUFs (f16 and Q8_0)
     relay/                   the relay SLM's checkpoints and GGUF (when built)
+    routers/                 the learned token routers r2r.onnx, citer.onnx (when built)
     manifest.json            written last: its presence means the pair is complete
 A second call reads the manifest and returns at once. Builders take a file lock, so
 concurrent callers wait for one build instead of clashing.
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 import time
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,13 +61,15 @@ def default_models(progress: bool = True, seed: int = 0) -> DefaultModels:
 
     root = cache_dir() / "default-models" / recipe_hash(seed)
     manifest = root / "manifest.json"
-    if not manifest.is_file() or _relay_missing_but_buildable(manifest):
+    if not manifest.is_file() or _relay_missing_but_buildable(manifest) or _routers_missing_but_buildable(manifest):
         root.mkdir(parents=True, exist_ok=True)
         with _FileLock(root / ".lock"):
             if not manifest.is_file():  # another process may have finished it while we waited
                 _build_pair(root, seed, progress)
             if _relay_missing_but_buildable(manifest):
                 _build_relay(root, seed, progress)
+            if _routers_missing_but_buildable(manifest):
+                _build_routers(root, seed, progress)
     return _load(manifest)
 
 
@@ -189,6 +193,120 @@ def _build_relay(root: Path, seed: int, progress: bool) -> None:
     manifest["info"]["relay_build_s"] = time.perf_counter() - started
     manifest["info"]["relay_stages"] = ["warmup"] + (["grpo"] if run_grpo else [])
     _write_json(manifest_path, manifest)
+
+
+# ---------------------------------------------------------------------------------------
+# Learned token routers (issue 5): R2R and CITER on the base SLM, for `relayllm demo`.
+
+
+@dataclass(frozen=True)
+class RouterRecipe:
+    """How the default pair's token routers are trained (on the built-in task's train split).
+
+    Sized so the whole router step takes about a minute on 2 CPU cores: R2R labelling costs
+    an LLM rollout per disagreement (~0.4 s a prompt), CITER's teacher-forcing shortcut
+    almost none (~0.05 s a prompt), so CITER gets more prompts. A solution is ~45 tokens.
+    Not part of recipe_hash (the routers do not change the pair): a manifest whose routers
+    were built with another recipe gets them rebuilt.
+    """
+
+    r2r_prompts: int = 120
+    citer_prompts: int = 300
+    max_new: int = 64
+    hidden: int = 64
+    epochs: int = 40
+    cost_per_llm_token: float = 0.1
+
+
+ROUTER_RECIPE = RouterRecipe()
+ROUTER_FILES = {"r2r_router": "routers/r2r.onnx", "citer_router": "routers/citer.onnx"}
+
+
+def _router_training():
+    """The router training entry points (training/r2r.py, training/citer.py), or None."""
+    try:
+        from relayllm.training.citer import train_citer
+        from relayllm.training.r2r import train_r2r
+    except ImportError:
+        return None
+    return train_r2r, train_citer
+
+
+def _routers_missing_but_buildable(manifest: Path) -> bool:
+    if not manifest.is_file():
+        return False
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    routers = data.get("info", {}).get("routers") or {}
+    if routers.get("recipe") == asdict(ROUTER_RECIPE):
+        if routers.get("error"):
+            return False  # tried and failed with this recipe (the error is in the manifest)
+        if all(data.get(key) and (manifest.parent / data[key]).is_file() for key in ROUTER_FILES):
+            return False
+    return _router_training() is not None
+
+
+def _build_routers(root: Path, seed: int, progress: bool) -> None:
+    """Train R2R and CITER on the pair's HF checkpoints; write root/routers/*.onnx, record them in the manifest.
+
+    The features are the ones the edge reads from the SLM's GGUF through llama.cpp: the HF
+    SLM is the model that GGUF was exported from, and training/router_features.py computes
+    them with the edge's own code (tests/test_routers.py checks the two agree).
+    """
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    train_r2r, train_citer = _router_training()
+    recipe = ROUTER_RECIPE
+    info = {"recipe": asdict(recipe)}
+    for key in ROUTER_FILES:
+        manifest[key] = None  # until rebuilt with this recipe
+    started = time.perf_counter()
+    _say(f"training the token routers: R2R on {recipe.r2r_prompts} prompts, CITER on {recipe.citer_prompts}")
+    try:
+        from relayllm.training import task
+        from relayllm.training.relay_parts import load_checkpoint
+
+        slm, tokenizer = load_checkpoint(root / "slm", what="SLM")
+        llm, _ = load_checkpoint(root / "llm", what="LLM")
+        eos = tokenizer.eos_token_id
+        examples = random.Random(seed).sample(task.train_split(), max(recipe.r2r_prompts, recipe.citer_prompts))
+
+        def encode(text):  # no BOS: the edge tokenizes the prompt the same way (the GGUF adds none)
+            return tokenizer.encode(text, add_special_tokens=False)
+
+        def grader(answer):
+            return lambda ids: task.grade(tokenizer.decode(ids, skip_special_tokens=True), answer)
+
+        t0 = time.perf_counter()
+        r2r = train_r2r(slm, llm, [(encode(ex.prompt), grader(ex.answer)) for ex in examples[: recipe.r2r_prompts]],
+                        out_path=root / ROUTER_FILES["r2r_router"], eos_token_id=eos, max_new=recipe.max_new,
+                        hidden=recipe.hidden, epochs=recipe.epochs, seed=seed, progress=progress)
+        info["r2r"] = {**asdict(r2r), "build_s": time.perf_counter() - t0}
+        manifest["r2r_router"] = ROUTER_FILES["r2r_router"]
+        t0 = time.perf_counter()
+        citer = train_citer(slm, llm, [(encode(ex.prompt), encode(ex.solution) + [eos], grader(ex.answer))
+                                       for ex in examples[: recipe.citer_prompts]],
+                            out_path=root / ROUTER_FILES["citer_router"], eos_token_id=eos, max_new=recipe.max_new,
+                            cost_per_llm_token=recipe.cost_per_llm_token, hidden=recipe.hidden,
+                            epochs=recipe.epochs, seed=seed, progress=progress)
+        info["citer"] = {**asdict(citer), "build_s": time.perf_counter() - t0}
+        manifest["citer_router"] = ROUTER_FILES["citer_router"]
+    except Exception as exc:  # the pair stays usable; the error is kept and shown
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        _say(f"token routers not built: {info['error']}")
+    info["build_s"] = time.perf_counter() - started
+    manifest.setdefault("info", {})["routers"] = info
+    _write_json(manifest_path, manifest)
+    for mode in ("r2r", "citer"):
+        held = info.get(mode, {}).get("held_out") or {}
+        if held:
+            _say(f"{mode} router: held-out precision {_pct(held.get('precision'))}, recall "
+                 f"{_pct(held.get('recall'))} ({held.get('positives')} positives in {held.get('n')} positions)")
+    if "error" not in info:
+        _say(f"token routers ready in {info['build_s']:.0f} s")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
 
 
 def _load(manifest: Path) -> DefaultModels:
