@@ -12,10 +12,15 @@ from relayllm.training import evaluate as E
 
 
 def test_demo_runs_every_mode_and_writes_the_results_folder(smollm2_path, tmp_path):
-    # SmolLM2 plays all three parts: the demo's plumbing is under test, not the trained pair.
-    models = SimpleNamespace(llm=smollm2_path, slm=smollm2_path, relay_slm=smollm2_path)
+    from relayllm.training.router_export import untrained_router_for
+
+    # SmolLM2 plays all three parts and an untrained router of its size both learned routers:
+    # the demo's plumbing is under test, not the trained pair (tests/test_defaults.py builds routers).
+    router = untrained_router_for(smollm2_path, tmp_path / "router" / "router.onnx")
+    models = SimpleNamespace(llm=smollm2_path, slm=smollm2_path, relay_slm=smollm2_path, r2r_router=router,
+                             citer_router=router)
     summary = demo.run_all_modes(models, tmp_path, limit=2, random_p=(0.2,), thresholds=(0.5,),
-                                 query_shares=(0.5,), max_tokens=16, progress=False)
+                                 query_shares=(0.5,), router_thresholds=(0.5,), max_tokens=16, progress=False)
     modes = [r["mode"] for r in summary["runs"]]
     for mode in E.MODES:
         assert mode in modes
