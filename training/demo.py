@@ -23,9 +23,9 @@ from pathlib import Path
 # time budget on 2 CPU cores; --fast is for a quick look (and the tests). The learned routers'
 # thresholds span their curve on the default pair: 0.5 close to the LLM's accuracy at ~4 % LLM
 # tokens, 0.98 at ~1-2 % (0.3 and 0.7 only gave points beside 0.5's, at 3.3-4.4 %).
-FULL = {"limit": 60, "random_p": (0.05, 0.15, 0.4), "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75),
+FULL = {"limit": 100, "relay_thresholds": (0.3, 0.1, 0.03), "random_p": (0.05, 0.15, 0.4), "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75),
         "router_thresholds": (0.5, 0.9, 0.98)}
-FAST = {"limit": 12, "random_p": (0.15,), "thresholds": (0.6,), "query_shares": (0.5,), "router_thresholds": (0.5,)}
+FAST = {"limit": 12, "relay_thresholds": (), "random_p": (0.15,), "thresholds": (0.6,), "query_shares": (0.5,), "router_thresholds": (0.5,)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
     say("default models: building or reusing the cache ...")
     models = default_models(progress=progress)
     build_s = time.perf_counter() - started
-    say(f"default models ready in {build_s:.0f} s: llm={models.llm} slm={models.slm} relay_slm={models.relay_slm}")
+    say(f"default models ready in {build_s:.0f} s: llm={models.llm} slm={models.slm} relay_slm={models.relay_slm} "
+        f"routers: r2r={models.r2r_router} citer={models.citer_router}")
 
     try:
         summary = run_all_modes(models, out, limit=config["limit"], random_p=config["random_p"],
                                 thresholds=config["thresholds"], query_shares=config["query_shares"],
                                 router_thresholds=config["router_thresholds"],
+                                relay_thresholds=config["relay_thresholds"],
                                 max_tokens=args.max_tokens, seed=args.seed, progress=progress)
     except E.EvalError as exc:
         raise CliError(str(exc)) from None
@@ -83,8 +85,10 @@ def say(msg: str) -> None:
 
 
 def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), thresholds=(), query_shares=(),
-                  router_thresholds=(0.5,), max_tokens: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Every mode on the first `limit` held-out questions; writes the results folder, returns the summary."""
+                  router_thresholds=(0.5,), relay_thresholds=(), max_tokens: int | None = None, seed: int = 0,
+                  progress: bool = True) -> dict:
+    """Every mode on the first `limit` held-out questions; writes the results folder, returns the summary.
+    Relay runs at its default call threshold (the headline) and at `relay_thresholds` (its curve)."""
     from relayllm.training import evaluate as E
 
     out = Path(out)
@@ -100,8 +104,12 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
         say(f"slm: {slm.accuracy:.1%}")
         llm = ev.run_llm(examples, models.slm)
         say(f"llm: {llm.accuracy:.1%}")
-        relay = ev.run_relay(examples, models.relay_slm)
-        say(f"relay: {relay.accuracy:.1%} at {relay.llm_token_ratio:.2%} LLM tokens")
+        relay = ev.run_relay(examples, models.relay_slm, E.DEFAULT_CALL_THRESHOLD)
+        relays = [relay] + [ev.run_relay(examples, models.relay_slm, t) for t in relay_thresholds
+                            if t != E.DEFAULT_CALL_THRESHOLD]
+        relays.sort(key=lambda r: r.llm_token_ratio)
+        say("relay: " + ", ".join(f"call_threshold={r.setting:g} {r.accuracy:.1%} at {r.llm_token_ratio:.2%} "
+                                  "LLM tokens" for r in relays))
         # relay's own ratio first: the baseline "at the same share of LLM tokens"
         ps = sorted({round(relay.llm_token_ratio, 6), *random_p})
         randoms = [ev.run_random(examples, models.slm, p) for p in ps if p > 0]
@@ -119,7 +127,7 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
                 say(f"{mode}: " + ", ".join(f"t={r.setting:g} {r.accuracy:.1%}" for r in learned[mode]))
     eval_s = time.perf_counter() - started
 
-    by_mode = {"slm": [slm], "llm": [llm], "relay": [relay], "random": randoms, "query": queries,
+    by_mode = {"slm": [slm], "llm": [llm], "relay": relays, "random": randoms, "query": queries,
                "confidence": confidences, **learned}
     meta = {"data": "built-in task (held-out split)", "n": len(examples), "seed": seed,
             "llm": str(models.llm), "slm": str(models.slm), "relay_slm": str(models.relay_slm)}
@@ -129,7 +137,7 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
 
     gap = E.gap_recovered(slm.accuracy, relay.accuracy, llm.accuracy)
     cost = E.cost_saved_vs_random(relay, randoms, slm=slm, llm=llm)
-    same_ratio = randoms[0] if randoms and randoms[0].setting == ps[0] and ps[0] > 0 else None
+    same_ratio = next((r for r in randoms if r.setting == round(relay.llm_token_ratio, 6)), None)
     headline = [
         f"gap recovered (relay - slm) / (llm - slm): {E.fmt_fraction(gap)}"
         + ("" if gap is not None else " (the LLM is no better than the SLM here)"),
