@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
 import time
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -203,7 +203,7 @@ def _build_relay(root: Path, seed: int, progress: bool) -> None:
 class RouterRecipe:
     """How the default pair's token routers are trained (on the built-in task's train split).
 
-    Sized so the whole router step takes about a minute on 2 CPU cores: R2R labelling costs
+    Sized so the whole router step takes 70-90 s on 2 busy CPU cores: R2R labelling costs
     an LLM rollout per disagreement (~0.4 s a prompt), CITER's teacher-forcing shortcut
     almost none (~0.05 s a prompt), so CITER gets more prompts. A solution is ~45 tokens.
     Not part of recipe_hash (the routers do not change the pair): a manifest whose routers
