@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-calls", type=int, default=8, help="calls to the cloud (default 8)")
     parser.add_argument("--max-llm-tokens", type=int, default=256, help="tokens the cloud may write (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--call-threshold", type=float, default=None, metavar="P",
+                        help="a relay SLM calls whenever its probability of <call> reaches P (default: "
+                             "only when sampling picks it)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                         help="wrap the prompt in the model's chat template (default: on)")
@@ -110,8 +113,11 @@ def run(args) -> int:
 
         client = CloudClient(target, token=args.token, deadline_s=args.deadline)
     try:
-        decoder = RelayDecoder(slm, cloud=client, limits=limits, sampling=sampling, chat=args.chat,
-                               deadline_s=args.deadline)
+        try:
+            decoder = RelayDecoder(slm, cloud=client, limits=limits, sampling=sampling, chat=args.chat,
+                                   deadline_s=args.deadline, call_threshold=args.call_threshold)
+        except ValueError as exc:  # a threshold out of range, or an SLM without <call>
+            raise CliError(str(exc)) from None
         try:
             if args.json:
                 result = decoder.generate(args.prompt)

@@ -154,9 +154,22 @@ class RelayDecoder:
 
     def __init__(self, slm, *, cloud=None, limits: Limits = Limits(), sampling: Sampling = Sampling(),
                  router=None, deadline_s: float = 10.0, sync_every_tokens: int = 0, chat: bool = False,
-                 n_ctx: int = 2048):
+                 n_ctx: int = 2048, call_threshold: float | None = None, call_tokens: int = 4):
         self.llm = load_slm(slm, n_ctx=n_ctx) if isinstance(slm, (str, Path)) else slm
         self.cloud = cloud
+        # call_threshold: relay with a knob between accuracy and LLM share. The LLM writes
+        # `call_tokens` tokens whenever the relay SLM's own probability of `<call>` reaches
+        # the threshold (routers.CallTokenRouter). None: the SLM's commands as it writes them.
+        if call_threshold is not None:
+            if router is not None:
+                raise ValueError("give a router or a call_threshold, not both")
+            ids = self.llm.tokenize(b"<call>", add_bos=False, special=True)
+            if len(ids) != 1:
+                raise ValueError("call_threshold needs an SLM with `<call>` as one token (a relay-trained SLM); "
+                                 f"this one splits it into {len(ids)} tokens")
+            from relayllm.edge.routers import CallTokenRouter
+
+            router = CallTokenRouter(ids[0], call_threshold, call_tokens)
         self.limits = limits
         self.sampling = sampling
         self.router = router
