@@ -36,6 +36,28 @@ def test_guided_calls_where_the_slm_departs_and_the_llm_writes_the_next_n(tok, i
     assert ex.calls == 1
 
 
+def test_clean_context_rows_keep_commands_out_of_the_context(tok, ids):
+    slm, llm = rm.bigram_model(tok, rm.SLM_DIVERGING), rm.bigram_model(tok, rm.LLM_TRANSITIONS)
+    [ex] = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2, progress=False)
+    open_id, close_id = tok.convert_tokens_to_ids(["<call>", "</call>"])
+    answer, call = warmup.clean_context_rows(ex, open_id, close_id)
+    eos = tok.eos_token_id
+    # the answer as the edge's SLM context holds it: no command, the LLM's ";#" out of the loss
+    assert answer.completion_ids == ids("5;#8") + [eos]
+    assert answer.row()["completion_mask"][len(answer.prompt_ids):] == [1, 0, 0, 1, 1]
+    # the command after the clean text before it, only the command in the loss
+    assert call.completion_ids == ids("5") + command_ids(tok, 2) and call.calls == 1
+    assert call.row()["completion_mask"][len(call.prompt_ids):] == [0, 1, 1, 1]
+
+
+def test_guided_calls_also_where_the_slm_is_unsure():
+    path, greedy = [1, 2, 3, 4], [1, 2, 3, 4]  # the SLM agrees everywhere ...
+    ex = warmup.insert_guided(path, greedy, _FakeTok(), n_call=1, max_calls=2, slm_top_prob=[0.9, 0.4, 0.9, 0.9],
+                              call_below=0.6)  # ... but is unsure of the second token
+    assert ex.completion_ids == [1, 100, 7, 101, 2, 3, 4] and ex.calls == 1
+    assert warmup.insert_guided(path, greedy, _FakeTok(), n_call=1, max_calls=2).calls == 0
+
+
 def test_guided_has_no_call_when_the_slm_agrees_and_drops_rows_the_llm_fails(tok, ids):
     llm = rm.bigram_model(tok, rm.LLM_TRANSITIONS)
     pairs = [(rm.PROMPT, rm.ANSWER), (rm.PROMPT, "9")]  # the LLM gets the second one wrong
@@ -127,7 +149,7 @@ def test_run_warmup_trains_and_resumes(tmp_path):
     rows = [{"prompt": rm.PROMPT, "answer": rm.ANSWER}] * 8
     out = tmp_path / "warm"
     warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, n_call=2, steps=2, batch_size=4, save_steps=1, lr=1e-2,
-                      progress=False)
+                      call_below=0.0, progress=False)
     first = json.loads((out / warmup.DONE_MARK).read_text())
     assert first["steps"] == 2 and first["calls"] == 8 and first["llm_tokens"] == 16
     assert (out / "checkpoint-2").is_dir()
@@ -136,7 +158,7 @@ def test_run_warmup_trains_and_resumes(tmp_path):
     # interrupted after step 2 of 3: the run goes on from its last checkpoint
     (out / warmup.DONE_MARK).unlink()
     warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, n_call=2, steps=3, batch_size=4, save_steps=1, lr=1e-2,
-                      progress=False)
+                      call_below=0.0, progress=False)
     again = json.loads((out / warmup.DONE_MARK).read_text())
     assert again["resumed_from"].endswith("checkpoint-2") and again["steps"] == 3
     model, tokenizer = load_checkpoint(out)

@@ -41,11 +41,38 @@ class WarmupExample:
     completion_ids: list[int]  # EOS included
     llm_mask: list[int]  # per completion token: 1 where the LLM wrote it
     calls: int
+    context: int = 0  # leading completion tokens that are context only (never in the loss)
 
     def row(self, train_llm_tokens: bool = False) -> dict:
         """Pre-tokenized SFT row: `completion_mask` 1 where the token counts in the loss."""
-        keep = [1 if (train_llm_tokens or not m) else 0 for m in self.llm_mask]
+        keep = [1 if (i >= self.context and (train_llm_tokens or not m)) else 0 for i, m in enumerate(self.llm_mask)]
         return {"input_ids": self.prompt_ids + self.completion_ids, "completion_mask": [0] * len(self.prompt_ids) + keep}
+
+
+def clean_context_rows(ex: WarmupExample, open_id: int, close_id: int) -> list[WarmupExample]:
+    """The rows of a guided example for an edge that keeps commands out of the SLM's context
+    (RelayDecoder's call_threshold): the answer without its commands (the LLM's tokens out of
+    the loss), plus one row per command: the clean text before it, then the command, with
+    only the command in the loss.
+
+    Why: a command inside the context shifts every later position by its length, and a
+    small model that finds digits by position loses its way (the tiny default SLM taught
+    with commands inline fell from 52% to 44% on its own)."""
+    clean, mask, rows, start = [], [], [], None
+    for t, m in zip(ex.completion_ids, ex.llm_mask):
+        if t == open_id:
+            start = len(clean)
+            command = []
+        if start is not None:
+            command.append(t)
+            if t == close_id:
+                rows.append(WarmupExample(ex.prompt_ids, clean[:start] + command, [0] * (start + len(command)),
+                                          1, context=start))
+                start = None
+            continue
+        clean.append(t)
+        mask.append(m)
+    return [WarmupExample(ex.prompt_ids, clean, mask, 0)] + rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -97,11 +124,16 @@ def greedy_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: in
 
 
 @torch.no_grad()
-def teacher_forced_greedy(model, prompt_ids: list[int], path: list[int]) -> list[int]:
-    """The model's greedy token at each position of `path`, given prompt + path before it."""
+def teacher_forced_greedy(model, prompt_ids: list[int], path: list[int], *, with_top_prob: bool = False):
+    """The model's greedy token at each position of `path`, given prompt + path before it
+    (and, with `with_top_prob`, the probability of that token)."""
     ids = torch.tensor([prompt_ids + path])
     logits = model(input_ids=ids).logits[0]
-    return logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(path)].argmax(-1).tolist()
+    rows = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(path)].float()
+    greedy = rows.argmax(-1).tolist()
+    if not with_top_prob:
+        return greedy
+    return greedy, torch.softmax(rows, -1).max(-1).values.tolist()
 
 
 def insert_random(completion: list[int], tokenizer, rng: random.Random, *, n_call: int, max_calls: int) -> WarmupExample:
@@ -118,11 +150,15 @@ def insert_random(completion: list[int], tokenizer, rng: random.Random, *, n_cal
     return WarmupExample([], out, [0] * len(out), len(positions))
 
 
-def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: int, max_calls: int) -> WarmupExample:
-    """Commands where the SLM departs from the LLM's (solving) path; the LLM writes the next N."""
+def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: int, max_calls: int,
+                  slm_top_prob: list[float] | None = None, call_below: float = 0.0) -> WarmupExample:
+    """Commands where the SLM departs from the LLM's (solving) path; the LLM writes the next N.
+    With `call_below`, also where the SLM's top probability is under it: the SLM is taught to
+    call when it is unsure, a signal it can read in itself, not only where it happens to err."""
     out, llm_mask, calls, t = [], [], 0, 0
     while t < len(path):
-        if calls < max_calls and slm_greedy[t] != path[t]:
+        unsure = slm_top_prob is not None and slm_top_prob[t] < call_below
+        if calls < max_calls and (slm_greedy[t] != path[t] or unsure):
             cmd = command_ids(tokenizer, n_call)
             out += cmd
             llm_mask += [0] * len(cmd)
@@ -139,7 +175,8 @@ def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: 
 
 
 def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strategy: str = "guided", n_call: int = 4,
-                   max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True) -> list[WarmupExample]:
+                   max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True,
+                   call_below: float = 0.0) -> list[WarmupExample]:
     """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies)."""
     from tqdm.auto import tqdm
 
@@ -159,8 +196,9 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
         if strategy == "random":
             ex = insert_random(sol, tokenizer, rng, n_call=n_call, max_calls=max_calls)
         else:
-            ex = insert_guided(sol, teacher_forced_greedy(slm, p_ids, sol), tokenizer, n_call=n_call,
-                               max_calls=max_calls)
+            greedy, top = teacher_forced_greedy(slm, p_ids, sol, with_top_prob=True)
+            ex = insert_guided(sol, greedy, tokenizer, n_call=n_call, max_calls=max_calls, slm_top_prob=top,
+                               call_below=call_below)
         ex.prompt_ids = p_ids
         examples.append(ex)
     if not examples:
@@ -197,16 +235,24 @@ def make_trainer(model, tokenizer, examples: list[WarmupExample], out_dir, *, tr
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_examples: int = 512,
-               strategy: str = "guided", n_call: int = 4, max_calls: int = 2, train_llm_tokens: bool = False,
-               epochs: float = 1.0, steps: int = 60, lr: float = 2e-3, batch_size: int = 16, seed: int = 0,
+def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_examples: int = 1024,
+               strategy: str = "guided", n_call: int = 4, max_calls: int = 3, call_below: float = 0.6,
+               train_llm_tokens: bool = False, clean_context: bool = True,
+               epochs: float = 1.0, steps: int = 80, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
                progress: bool = True, resume: bool = True, save_steps: int = 20) -> Path:
     """Warm up the SLM at `slm` (HF checkpoint folder) with the LLM at `llm`; the trained
     checkpoint (with tokenizer, command tokens added) goes to `out_dir`, which is returned.
 
-    `lr` and `steps` (a fixed count; -1 = `epochs` over the data) default to values for the
-    project's tiny models: 60 steps at 2e-3 take the guided loss from ~1.2 to ~0.13 in about
-    2-3 minutes on 2 CPU cores (the paper: 2e-5, one epoch, on 1.7B).
+    The defaults are for the project's tiny models (the paper: 2e-5, one epoch, on 1.7B),
+    measured on the default pair (60-100 held-out questions, base SLM 52-53%):
+    - 512 examples, 60 steps at 2e-3, calls at divergences only, commands inline: the SLM's
+      own accuracy (calls disabled) fell to 37%, relay 38%;
+    - 1024 examples, 80 steps at 1e-3, calls also where the SLM is unsure (top probability
+      < 0.6), up to 3, commands inline: own accuracy 44%; relay 45% when greedy decides,
+      87% at 13% LLM tokens with RelayDecoder's call_threshold 0.1;
+    - the same with `clean_context` rows (the default): own accuracy 51%, relay (through
+      llama.cpp and the gRPC cloud) 73% / 87% / 92% at 6.9% / 10.3% / 14.4% LLM tokens with
+      call_threshold 0.3 / 0.1 / 0.03.
     With `resume`, a finished run is reused and an interrupted one continues from its last
     checkpoint (the data are cached in the folder).
     """
@@ -225,7 +271,10 @@ def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_ex
         llm_model = load_checkpoint(llm, what="LLM")[0] if strategy == "guided" else None
         pairs = _rows(rows, prompts, answers, n_examples, seed)
         examples = build_examples(model, llm_model, tokenizer, pairs, strategy=strategy, n_call=n_call,
-                                  max_calls=max_calls, seed=seed, progress=progress)
+                                  max_calls=max_calls, seed=seed, progress=progress, call_below=call_below)
+        if clean_context and strategy == "guided":
+            open_id, close_id = add_command_tokens(tokenizer)
+            examples = [row for ex in examples for row in clean_context_rows(ex, open_id, close_id)]
         out_dir.mkdir(parents=True, exist_ok=True)
         data_file.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
     trainer = make_trainer(model, tokenizer, examples, out_dir, train_llm_tokens=train_llm_tokens, epochs=epochs,
@@ -240,6 +289,6 @@ def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_ex
                "llm_tokens": sum(sum(e.llm_mask) for e in examples), "steps": trainer.state.global_step,
                "train_loss": result.training_loss, "loss_first": losses[0] if losses else None,
                "loss_last": losses[-1] if losses else None, "losses": losses, "resumed_from": last,
-               "train_llm_tokens": train_llm_tokens, "n_call": n_call, "lr": lr, "seed": seed}
+               "train_llm_tokens": train_llm_tokens, "n_call": n_call, "call_below": call_below, "clean_context": clean_context, "lr": lr, "seed": seed}
     (out_dir / DONE_MARK).write_text(json.dumps(summary, indent=1))
     return out_dir
