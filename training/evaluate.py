@@ -423,6 +423,11 @@ def fmt_fraction(x: float | None) -> str:
 # Answering questions through the edge SDK
 
 
+# The relay SLM starts a command when its probability of `<call>` reaches this (see
+# RelayDecoder's call_threshold); the default models' relay SLM is measured around it.
+DEFAULT_CALL_THRESHOLD = 0.1
+
+
 class Evaluator:
     """Answers questions in every mode through the edge SDK's RelayDecoder.
 
@@ -467,7 +472,8 @@ class Evaluator:
             self._models[key] = Llama(model_path=path, n_ctx=self.n_ctx, embedding=embedding, verbose=False)
         return self._models[key]
 
-    def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None):
+    def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None,
+                call_threshold: float | None = None):
         """A RelayDecoder on `slm` (a GGUF path or an already loaded Llama)."""
         from relayllm.edge.relay import Limits, RelayDecoder
 
@@ -475,7 +481,7 @@ class Evaluator:
                         max_total_tokens=self.max_tokens, max_llm_tokens=self.max_tokens)
         llama = slm if hasattr(slm, "tokenize") else self.model(slm)
         return RelayDecoder(llama, cloud=self.client() if cloud else None, limits=limits,
-                            router=router, sampling=greedy_sampling())
+                            router=router, sampling=greedy_sampling(), call_threshold=call_threshold)
 
     def close(self):
         if self._client is not None and hasattr(self._client, "close"):
@@ -506,8 +512,16 @@ class Evaluator:
         router = AlwaysLLM(self.max_tokens)
         return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm")
 
-    def run_relay(self, examples, relay_slm) -> ModeRun:
-        return self._run(examples, self.decoder(relay_slm, cloud=True), "relay")
+    def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD) -> ModeRun:
+        """The relay SLM decides when to call; `call_threshold` (see RelayDecoder) is its
+        knob between accuracy and LLM share, None = greedy alone decides."""
+        try:
+            dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold)
+        except ValueError as exc:  # not a relay SLM
+            raise EvalError(str(exc)) from None
+        if call_threshold is None:
+            return self._run(examples, dec, "relay")
+        return self._run(examples, dec, "relay", call_threshold, "call_threshold")
 
     def run_random(self, examples, slm, p: float) -> ModeRun:
         from relayllm.edge.routers import RandomRouter

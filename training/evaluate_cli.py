@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cloud.add_argument("--cloud", metavar="HOST:PORT", help="a running `relayllm serve`")
     parser.add_argument("--router", metavar="ONNX", help="r2r / citer modes: the trained router file")
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
-                        help="confidence mode: top-probability thresholds; r2r / citer: p_llm thresholds "
+                        help="relay mode: call thresholds (the SLM calls when its P(<call>) reaches T; "
+                             "default 0.1); confidence mode: top-probability thresholds; r2r / citer: p_llm thresholds "
                              f"(default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
     parser.add_argument("--ratio", type=float, nargs="+", metavar="R",
                         help="random mode: shares p of LLM tokens (default: relay's ratio from <out>/relay.json); "
@@ -108,7 +109,7 @@ def _run_mode(E, ev, args, examples, slm):
     if mode == "llm":
         return [ev.run_llm(examples, slm)]
     if mode == "relay":
-        return [ev.run_relay(examples, slm)]
+        return [ev.run_relay(examples, slm, t) for t in (args.thresholds or [E.DEFAULT_CALL_THRESHOLD])]
     if mode == "confidence":
         return [ev.run_confidence(examples, slm, t) for t in (args.thresholds or DEFAULT_THRESHOLDS)]
     if mode in E.LEARNED_ROUTER_MODES:
