@@ -152,6 +152,13 @@ class TokenRouter:
         self.threshold = float(threshold)
         self.run = int(run)
         self.llama = llama
+        if llama is not None and not getattr(llama, "verbose", True):
+            # With embeddings on, llama.cpp reports at error level, once per prompt, that it
+            # outputs every prompt token (expected here: see the module doc). A quiet SLM
+            # stays quiet; real errors still raise.
+            import logging
+
+            logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         if self.spec.hidden_state and llama is not None and llama.n_embd() != self.spec.hidden_size:
             raise RouterError(f"router expects an SLM with hidden size {self.spec.hidden_size}, got {llama.n_embd()}")
         self.steps = self.fired = 0
