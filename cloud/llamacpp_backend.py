@@ -39,7 +39,7 @@ class LlamaCppBackend(Backend):
             raise FileNotFoundError(f"GGUF model not found: {path}")
         self._llama_cpp = llama_cpp
         self._path = str(path)
-        self._params = dict(model_path=self._path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), verbose=False,
+        self._params = dict(model_path=self._path, n_ctx=n_ctx, n_batch=min(n_ctx, 512),
                             n_threads=n_threads or max(1, os.cpu_count() or 1))
         self._free: list = []  # contexts of evicted sessions, ready for reuse
         self._free_lock = threading.Lock()
@@ -55,7 +55,9 @@ class LlamaCppBackend(Backend):
         self.sessions = SessionCache(max_sessions, release=self._release)
 
     def _new_context(self):
-        return self._llama_cpp.Llama(**self._params)
+        from relayllm.edge.models import quiet_llama
+
+        return quiet_llama(**self._params)  # sessions open from many threads: loads take turns
 
     def _release(self, session: Session) -> None:
         if session.state is not None:

