@@ -20,7 +20,8 @@ def test_demo_runs_every_mode_and_writes_the_results_folder(smollm2_path, tmp_pa
     models = SimpleNamespace(llm=smollm2_path, slm=smollm2_path, relay_slm=smollm2_path, r2r_router=router,
                              citer_router=router)
     summary = demo.run_all_modes(models, tmp_path, limit=2, random_p=(0.2,), thresholds=(0.5,),
-                                 query_shares=(0.5,), router_thresholds=(0.5,), max_tokens=16, progress=False)
+                                 query_shares=(0.5,), router_thresholds=(0.5,), max_tokens=16, progress=False,
+                                 relay_call_threshold=None)  # SmolLM2 has no `<call>` token
     modes = [r["mode"] for r in summary["runs"]]
     for mode in E.MODES:
         assert mode in modes

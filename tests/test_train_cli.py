@@ -50,6 +50,7 @@ out = "{tmp_path / 'run'}"
 [warmup]
 rows = [{{prompt = "{rm.PROMPT}", answer = "{rm.ANSWER}"}}, {{prompt = "{rm.PROMPT}", answer = "{rm.ANSWER}"}}]
 n_call = 2
+call_below = 0.0
 steps = 1
 batch_size = 2
 [grpo]
@@ -64,7 +65,8 @@ quants = ["q8_0"]
 """)
     assert main(["train", "all", "--config", str(cfg), "--no-progress", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "warm-up: 1 examples" not in out and "warm-up: 2 examples, 2 commands" in out
+    # two answers without their commands + one row per command (clean-context rows)
+    assert "warm-up: 4 examples, 2 commands" in out
     assert "grpo step 1: reward" in out
     run = tmp_path / "run"
     assert json.loads((run / "grpo" / "grpo_done.json").read_text())["steps"] == 1

@@ -85,10 +85,12 @@ def say(msg: str) -> None:
 
 
 def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), thresholds=(), query_shares=(),
-                  router_thresholds=(0.5,), relay_thresholds=(), max_tokens: int | None = None, seed: int = 0,
-                  progress: bool = True) -> dict:
+                  router_thresholds=(0.5,), relay_thresholds=(), relay_call_threshold="default",
+                  max_tokens: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Every mode on the first `limit` held-out questions; writes the results folder, returns the summary.
-    Relay runs at its default call threshold (the headline) and at `relay_thresholds` (its curve)."""
+    Relay runs at `relay_call_threshold` (the headline; "default": evaluate.DEFAULT_CALL_THRESHOLD,
+    None: the SLM's own commands decide, for an SLM without a `<call>` token) and at
+    `relay_thresholds` (its curve)."""
     from relayllm.training import evaluate as E
 
     out = Path(out)
@@ -104,12 +106,12 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
         say(f"slm: {slm.accuracy:.1%}")
         llm = ev.run_llm(examples, models.slm)
         say(f"llm: {llm.accuracy:.1%}")
-        relay = ev.run_relay(examples, models.relay_slm, E.DEFAULT_CALL_THRESHOLD)
+        headline_threshold = E.DEFAULT_CALL_THRESHOLD if relay_call_threshold == "default" else relay_call_threshold
+        relay = ev.run_relay(examples, models.relay_slm, headline_threshold)
         relays = [relay] + [ev.run_relay(examples, models.relay_slm, t) for t in relay_thresholds
-                            if t != E.DEFAULT_CALL_THRESHOLD]
+                            if t != headline_threshold]
         relays.sort(key=lambda r: r.llm_token_ratio)
-        say("relay: " + ", ".join(f"call_threshold={r.setting:g} {r.accuracy:.1%} at {r.llm_token_ratio:.2%} "
-                                  "LLM tokens" for r in relays))
+        say("relay: " + ", ".join(f"{r.label} {r.accuracy:.1%} at {r.llm_token_ratio:.2%} LLM tokens" for r in relays))
         # relay's own ratio first: the baseline "at the same share of LLM tokens"
         ps = sorted({round(relay.llm_token_ratio, 6), *random_p})
         randoms = [ev.run_random(examples, models.slm, p) for p in ps if p > 0]
