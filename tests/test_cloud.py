@@ -400,3 +400,26 @@ def test_sync_warms_the_cache_so_help_prefills_nothing(client, backend):
     assert text == collect(client.session(), text=PROMPT, max_tokens=3)
     session.sync(text=PROMPT + text + " Berlin")  # a Sync after a Help sends only the delta
     assert session.stats.resends == 0
+
+
+def test_logs_hold_no_prompt_and_no_bearer_token(backend, caplog):
+    """Info-level logs say what happened (sizes, timings, status) but never what was said,
+    nor the credentials: neither the prompt, nor the LLM's text, nor a token."""
+    import logging
+
+    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.edge.client import CloudClient, CloudError
+
+    secret_prompt = "My bank password is hunter2 and my name is"
+    with caplog.at_level(logging.DEBUG, logger="relayllm"), \
+            ServerThread(backend, config=ServerConfig(tokens={"tok-SECRET-123": "alice"})) as server:
+        with CloudClient(server.target, token="tok-SECRET-123", deadline_s=30.0) as good:
+            generated = collect(good.session(), text=secret_prompt, max_tokens=4)
+        with CloudClient(server.target, token="tok-WRONG-456", deadline_s=30.0) as bad:
+            with pytest.raises(CloudError):
+                collect(bad.session(), text=secret_prompt, max_tokens=4)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "help:" in logged, "the server logs its calls (so this test looks at real log lines)"
+    for secret in ("hunter2", secret_prompt, "tok-SECRET-123", "tok-WRONG-456"):
+        assert secret not in logged
+    assert generated.strip() == "" or generated not in logged
