@@ -9,7 +9,10 @@ The data are built from prompts with known answers, in one of two strategies:
   path the SLM is teacher-forced, and at the first position where the SLM's greedy token
   departs from the LLM's, the SLM writes `<call>N</call>`, then the LLM's next N tokens
   follow (written by the LLM), then the path goes on, up to `max_calls` commands. Before
-  each divergence the path is exactly what the SLM would write greedily.
+  each divergence the path is exactly what the SLM would write greedily. With
+  `call_below`, a command also goes where the SLM's top probability is under that value.
+  With `clean_context` (default) each example becomes rows for an edge that keeps commands
+  out of the SLM's context: the answer without commands, and one row per command.
 
 Loss on the answer only (never the prompt); tokens written by the LLM are left out of the
 loss by default (`train_llm_tokens=True` keeps them). Training is TRL's SFTTrainer on a
