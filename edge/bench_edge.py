@@ -38,10 +38,9 @@ class DecodeRun:
 
 
 def open_llama(path: str | Path, *, n_ctx: int = 1024, n_threads: int | None = None):
-    from llama_cpp import Llama
+    from relayllm.edge.models import quiet_llama
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or min(2, os.cpu_count() or 1),
-                 seed=1, verbose=False)
+    return quiet_llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or min(2, os.cpu_count() or 1), seed=1)
 
 
 def _run_from_stamps(engine: str, start: float, first: float, end: float, tokens: int) -> DecodeRun:

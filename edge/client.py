@@ -283,10 +283,8 @@ class CloudSession:
         self.last_done = None
         sampling = pb.Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         for attempt in range(2):
-            try:
-                context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
-            except CloudError:  # info() failed (and told the breaker)
-                raise
+            # may raise CloudError from info(), which has told the breaker itself
+            context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
             request = pb.HelpRequest(session_id=self.id, context=context, max_tokens=max_tokens, sampling=sampling)
             self.stats.calls += 1
             self.stats.bytes_sent += request.ByteSize()
@@ -331,10 +329,8 @@ class CloudSession:
         deadline = self._deadline(deadline_s)
         self._check_breaker()
         for attempt in range(2):
-            try:
-                context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
-            except CloudError:  # info() failed (and told the breaker)
-                raise
+            # may raise CloudError from info(), which has told the breaker itself
+            context = self._context(mode, whole, full=attempt > 0, deadline=deadline)
             request = pb.SyncRequest(session_id=self.id, context=context)
             self.stats.calls += 1
             self.stats.bytes_sent += request.ByteSize()

