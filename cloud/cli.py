@@ -5,13 +5,15 @@ Imports nothing heavy at import time (the backends load inside run).
 
 from __future__ import annotations
 
+HELP = "run the cloud LLM service (gRPC)"
+
 import argparse
 import logging
 import signal
 import threading
 from pathlib import Path
 
-from relayllm.edge.cli import CliError
+from relayllm.cloud.errors import ServiceError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +46,7 @@ def _tokens(pairs: list[str]) -> dict[str, str] | None:
     for pair in pairs:
         token, sep, tenant = pair.rpartition(":")
         if not sep or not token or not tenant:
-            raise CliError(f"--token wants TOKEN:TENANT, got {pair!r}")
+            raise ServiceError(f"--token wants TOKEN:TENANT, got {pair!r}")
         tokens[token] = tenant
     return tokens
 
@@ -53,41 +55,41 @@ def _read(path: Path | None, what: str) -> bytes | None:
     if path is None:
         return None
     if not path.is_file():
-        raise CliError(f"{what} not found: {path}")
+        raise ServiceError(f"{what} not found: {path}")
     return path.read_bytes()
 
 
 def _positive(args, *names) -> None:
     for name in names:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise CliError(f"--{name.replace('_', '-')} must be positive")
+            raise ServiceError(f"--{name.replace('_', '-')} must be positive")
 
 
 def make_backend(args):
     model = Path(args.model)
     if not model.exists():
-        raise CliError(f"model not found: {model}")
+        raise ServiceError(f"model not found: {model}")
     kind = args.backend
     if kind == "auto":
         kind = "transformers" if model.is_dir() else "llama.cpp"
     if kind == "llama.cpp":
         if not model.is_file():
-            raise CliError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
+            raise ServiceError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
         from relayllm.cloud.llamacpp_backend import LlamaCppBackend
 
         try:
             return LlamaCppBackend(model, n_ctx=args.n_ctx, max_sessions=args.max_sessions, n_threads=args.threads)
         except ValueError as err:  # llama.cpp could not load it
-            raise CliError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None
+            raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None
     try:
         from relayllm.cloud.transformers_backend import TransformersBackend
     except ImportError as err:
-        raise CliError(f"the transformers backend needs torch and transformers (pip install 'relayllm[cloud]'): {err}")
+        raise ServiceError(f"the transformers backend needs torch and transformers (pip install 'relayllm[cloud]'): {err}")
     try:
         return TransformersBackend(model, gguf_file=args.gguf_file, device=args.device, max_sessions=args.max_sessions,
                                    n_ctx=args.n_ctx)
     except (OSError, ValueError) as err:
-        raise CliError(f"cannot load {model} with transformers: {err}") from None
+        raise ServiceError(f"cannot load {model} with transformers: {err}") from None
 
 
 def run(args) -> int:
@@ -97,7 +99,7 @@ def run(args) -> int:
     _positive(args, "max_sessions", "max_sessions_per_tenant", "max_tokens_per_call", "n_ctx", "threads",
               "max_concurrent_streams", "rate")
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise CliError("TLS needs both --tls-cert and --tls-key")
+        raise ServiceError("TLS needs both --tls-cert and --tls-key")
     config = ServerConfig(max_tokens_per_call=args.max_tokens_per_call, max_context_tokens=args.n_ctx,
                           max_sessions=args.max_sessions, tokens=_tokens(args.token),
                           tls_cert=_read(args.tls_cert, "TLS certificate"), tls_key=_read(args.tls_key, "TLS key"),
@@ -107,7 +109,7 @@ def run(args) -> int:
     try:
         server = ServerThread(backend, host=args.host, port=args.port, config=config)
     except (OSError, RuntimeError) as err:
-        raise CliError(f"cannot listen on {args.host}:{args.port}: {err}") from None
+        raise ServiceError(f"cannot listen on {args.host}:{args.port}: {err}") from None
     scheme = "tls" if config.tls_cert else "insecure"
     print(f"relayllm serve: {backend.name} {backend.model_name} listening on {server.target} ({scheme}, "
           f"{'bearer tokens' if config.tokens else 'no auth'}); Ctrl-C stops", flush=True)

@@ -25,7 +25,7 @@ from relayllm.cloud.backend import (
     common_prefix,
     timed,
 )
-from relayllm.edge.fingerprint import token_piece, tokenizer_fingerprint
+from relayllm.protos.fingerprint import token_piece, tokenizer_fingerprint
 
 
 class LlamaCppBackend(Backend):

@@ -26,7 +26,7 @@ from relayllm.cloud.backend import (
     common_prefix,
     timed,
 )
-from relayllm.edge.fingerprint import fingerprint_of_pieces
+from relayllm.protos.fingerprint import fingerprint_of_pieces
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 

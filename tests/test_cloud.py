@@ -365,11 +365,11 @@ def test_serve_cli_listens_answers_and_stops_on_ctrl_c(smollm2_path, tmp_path):
     code = ("import sys, relayllm.cloud.cli; "
             "sys.exit(any(m in sys.modules for m in ('torch', 'transformers', 'llama_cpp')))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "relayllm.cloud.cli imports heavy modules"
-    from relayllm.edge.cli import main
+    from relayllm.protos.cli import main
 
     assert main(["serve", "--model", str(tmp_path / "missing.gguf")]) == 2
     assert main(["serve", "--model", str(smollm2_path), "--token", "no-tenant"]) == 2
-    process = subprocess.Popen([sys.executable, "-m", "relayllm.edge.cli", "serve", "--model", str(smollm2_path),
+    process = subprocess.Popen([sys.executable, "-m", "relayllm.protos.cli", "serve", "--model", str(smollm2_path),
                                 "--port", "0", "--max-sessions", "2", "--n-ctx", "256", "--token", "secret:team"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})

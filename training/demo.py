@@ -13,6 +13,8 @@ the PNG plot.
 
 from __future__ import annotations
 
+HELP = "build the default models, start a cloud on loopback, print the relay table"
+
 import argparse
 import json
 import sys
@@ -40,13 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from relayllm.edge.cli import CliError
+    from relayllm.training.errors import TrainingError
     from relayllm.training import evaluate as E
 
     config = dict(FAST if args.fast else FULL)
     if args.limit is not None:
         if args.limit < 1:
-            raise CliError("--limit must be at least 1")
+            raise TrainingError("--limit must be at least 1")
         config["limit"] = args.limit
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     progress = not args.no_progress
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                 relay_thresholds=config["relay_thresholds"],
                                 max_tokens=args.max_tokens, seed=args.seed, progress=progress)
     except E.EvalError as exc:
-        raise CliError(str(exc)) from None
+        raise TrainingError(str(exc)) from None
     summary["model_build_s"] = build_s
     summary["total_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -7,11 +7,13 @@ folder builds the whole table.
 
 from __future__ import annotations
 
+HELP = "evaluate slm / llm / relay / routers on a JSONL benchmark"
+
 import argparse
 import contextlib
 import sys
 
-from relayllm.edge.cli import CliError
+from relayllm.training.errors import TrainingError
 
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7)
 DEFAULT_QUERY_SHARES = (0.25, 0.5, 0.75)
@@ -49,13 +51,13 @@ def run(args: argparse.Namespace) -> int:
     from relayllm.training import evaluate as E
 
     if args.limit is not None and args.limit < 1:
-        raise CliError("--limit must be at least 1")
+        raise TrainingError("--limit must be at least 1")
     for r in args.ratio or ():
         if not 0.0 <= r <= 1.0:
-            raise CliError(f"--ratio values are shares in [0, 1], got {r}")
+            raise TrainingError(f"--ratio values are shares in [0, 1], got {r}")
     for t in args.thresholds or ():
         if not 0.0 <= t <= 1.0:
-            raise CliError(f"--thresholds are probabilities in [0, 1], got {t}")
+            raise TrainingError(f"--thresholds are probabilities in [0, 1], got {t}")
     try:
         if args.data:
             examples = E.load_jsonl(args.data, args.limit)
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                                  progress=not args.no_progress))
             runs = _run_mode(E, ev, args, examples, slm)
     except E.EvalError as exc:
-        raise CliError(str(exc)) from None
+        raise TrainingError(str(exc)) from None
 
     meta = {"data": args.data or "built-in task (held-out split)", "slm": str(slm), "llm": str(llm or args.cloud),
             "n": len(examples), "seed": args.seed, "max_tokens": args.max_tokens}

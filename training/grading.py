@@ -7,7 +7,7 @@ number or expression) and compares it symbolically with the gold answer, so `0.5
 
 from __future__ import annotations
 
-import re
+from relayllm.protos.grammar import remove_commands
 
 
 def _gold(gold: str):
@@ -28,7 +28,7 @@ def grade(response: str, gold: str) -> bool:
     from math_verify import parse, verify
 
     # commands the relay SLM wrote stay in its text; their N is not an answer
-    response = re.sub(r"<call>\s*\d*\s*</call>", " ", response)
+    response = remove_commands(response)
     gold_parsed = _gold(gold)
     answer = parse(response)
     if not gold_parsed or not answer:

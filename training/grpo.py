@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from relayllm.protos.grammar import command_at_end_of_ids
+from relayllm.training.errors import TrainingError
 from relayllm.training.relay_parts import (
     CloudLLM,
     LocalLLM,
-    RelayTrainingError,
     add_command_tokens,
     load_checkpoint,
-    parse_call,
 )
 from relayllm.training.rewards import REWARDS, Rollout, group_rewards
 
@@ -69,7 +69,7 @@ class RelayRollout:
             if token == self.eos:
                 break
             feed = [token]
-            n = parse_call(completion, self.open_id, self.close_id, self.tokenizer) if token == self.close_id else None
+            n = command_at_end_of_ids(completion, self.open_id, self.close_id, self.tokenizer.decode) if token == self.close_id else None
             budget = self.max_tokens - len(completion)
             if n and calls < self.max_calls and budget > 0:
                 n = min(n, budget)  # N is capped by the remaining budget
@@ -128,7 +128,7 @@ class RelayReward:
 
     def __init__(self, kind: str = "table", lam: float = 0.5):
         if kind not in REWARDS:
-            raise RelayTrainingError(f"unknown reward {kind!r}: choose one of {REWARDS}")
+            raise TrainingError(f"unknown reward {kind!r}: choose one of {REWARDS}")
         self.kind, self.lam = kind, lam
         self.__name__ = f"relay_{kind}"
 
@@ -183,7 +183,7 @@ def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable
         sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs], 64)
         pairs = [pa for pa, s in zip(pairs, sols) if task.grade(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
     if not pairs:
-        raise RelayTrainingError("no GRPO training prompt (the LLM solved none)")
+        raise TrainingError("no GRPO training prompt (the LLM solved none)")
     return pairs[:n_prompts]
 
 
@@ -247,7 +247,7 @@ def run_grpo(slm, llm, out_dir, *, rows=None, n_prompts: int | None = None, step
     if resume and (out_dir / DONE_MARK).is_file():
         return out_dir
     if reward not in REWARDS:
-        raise RelayTrainingError(f"unknown reward {reward!r}: choose one of {REWARDS}")
+        raise TrainingError(f"unknown reward {reward!r}: choose one of {REWARDS}")
     set_seed(seed)
     model, tokenizer = load_checkpoint(slm, what="SLM")
     helper, llm_model = make_helper(llm, tokenizer, temperature=llm_temperature)

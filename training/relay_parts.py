@@ -11,24 +11,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
-COMMAND_TOKENS = (CALL_OPEN, CALL_CLOSE)
-_COMMAND_RE = re.compile(r"<call>\s*\d*\s*</call>")
-
-
-class RelayTrainingError(RuntimeError):
-    """Bad input to the relay training (missing checkpoint, no usable data, ...)."""
-
-
-def strip_commands(text: str) -> str:
-    """The text the LLM sees: every `<call>N</call>` removed."""
-    return _COMMAND_RE.sub("", text)
+from relayllm.protos.grammar import COMMAND_TOKENS, remove_command_ids
+from relayllm.training.errors import TrainingError
 
 
 def add_command_tokens(tokenizer, model=None) -> tuple[int, int]:
@@ -57,38 +46,12 @@ def load_checkpoint(path, *, what: str = "model"):
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise RelayTrainingError(f"{what}: not an HF checkpoint folder (no config.json): {path}")
+        raise TrainingError(f"{what}: not an HF checkpoint folder (no config.json): {path}")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     add_command_tokens(tokenizer, model)
     model.eval()
     return model, tokenizer
-
-
-def parse_call(ids: list[int], open_id: int, close_id: int, tokenizer) -> int | None:
-    """N of the command that `ids` ends with (`... <call> digits </call>`), or None.
-    A malformed command (no open token, non-digits inside) asks for nothing: N = 0."""
-    if not ids or ids[-1] != close_id:
-        return None
-    try:
-        start = len(ids) - 1 - ids[::-1].index(open_id, 1)
-    except ValueError:
-        return 0
-    inner = tokenizer.decode(ids[start + 1 : -1]).strip()
-    return int(inner) if inner.isdigit() else 0
-
-
-def without_commands(ids: list[int], open_id: int, close_id: int) -> list[int]:
-    """Token ids with every complete `<call> ... </call>` span removed (token mode of the LLM)."""
-    out, start = [], None
-    for i, t in enumerate(ids):
-        if t == open_id:
-            start = len(out)
-        out.append(t)
-        if t == close_id and start is not None:
-            del out[start:]
-            start = None
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,7 +85,7 @@ class LocalLLM:
     @torch.no_grad()
     def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
         """Up to `n` tokens continuing `context` (commands removed first); stops after EOS."""
-        ctx = without_commands(context, self.open_id, self.close_id)
+        ctx = remove_command_ids(context, self.open_id, self.close_id)
         eos = self.tokenizer.eos_token_id
         out: list[int] = []
         cache = None
@@ -170,7 +133,7 @@ class CloudLLM:
         and the rollout goes on with the SLM alone, as the edge SDK does."""
         from relayllm.edge.client import CloudError
 
-        ctx = without_commands(context, self.open_id, self.close_id)
+        ctx = remove_command_ids(context, self.open_id, self.close_id)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
         if self._session is None:
             self._session = self.client.session()

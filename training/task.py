@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from relayllm.protos.grammar import remove_commands
+
 PROMPT_END = ":"  # closes the question: the model starts its solution after it
 ANSWER_MARK = "#"  # the final answer follows it
 STEP_SEP = ";"
@@ -126,7 +128,7 @@ def extract_answer(response: str) -> str | None:
     Command tokens (`<call>N</call>`) are removed first: a relay response keeps its
     commands in the text, and their N must not be read as the answer.
     """
-    cleaned = re.sub(r"<call>\s*\d*\s*</call>", "", response)
+    cleaned = remove_commands(response)
     found = _ANSWER_RE.findall(cleaned)
     return found[-1] if found else None
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from relayllm.training.relay_parts import RelayTrainingError, add_command_tokens, command_ids, load_checkpoint
+from relayllm.training.errors import TrainingError
+from relayllm.training.relay_parts import add_command_tokens, command_ids, load_checkpoint
 
 STRATEGIES = ("random", "guided")
 DONE_MARK = "warmup_done.json"
@@ -86,7 +87,7 @@ def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: in
     """(prompt text, answer) pairs from task rows, explicit lists, or the task's train split."""
     if prompts is not None:
         if answers is None or len(answers) != len(prompts):
-            raise RelayTrainingError("prompts and answers must be given together, one answer per prompt")
+            raise TrainingError("prompts and answers must be given together, one answer per prompt")
         return [(str(p), str(a)) for p, a in zip(prompts, answers)]
     if rows is None:
         from relayllm.training import task
@@ -99,7 +100,7 @@ def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: in
         else:  # task.Example
             out.append((r.prompt, str(r.answer)))
     if not out:
-        raise RelayTrainingError("no warm-up prompts")
+        raise TrainingError("no warm-up prompts")
     return out
 
 
@@ -184,12 +185,12 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
     from tqdm.auto import tqdm
 
     if strategy not in STRATEGIES:
-        raise RelayTrainingError(f"unknown warm-up strategy {strategy!r}: choose one of {STRATEGIES}")
+        raise TrainingError(f"unknown warm-up strategy {strategy!r}: choose one of {STRATEGIES}")
     rng = random.Random(seed)
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
     solver = slm if strategy == "random" else llm
     if solver is None:
-        raise RelayTrainingError("the guided warm-up needs the LLM")
+        raise TrainingError("the guided warm-up needs the LLM")
     solutions = greedy_ids(solver, tokenizer, prompts, max_new_tokens)
     examples = []
     for (prompt_text, answer), p_ids, sol in tqdm(list(zip(pairs, prompts, solutions)), desc=f"warm-up data ({strategy})",
@@ -205,7 +206,7 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
         ex.prompt_ids = p_ids
         examples.append(ex)
     if not examples:
-        raise RelayTrainingError(f"no warm-up example: the {'SLM' if strategy == 'random' else 'LLM'} "
+        raise TrainingError(f"no warm-up example: the {'SLM' if strategy == 'random' else 'LLM'} "
                                  "solved none of the prompts")
     return examples
 

@@ -156,7 +156,7 @@ def detection_cost(llm, prompt: str, max_tokens: int, repeats: int = 200) -> dic
 def _sdk_detector_loop():
     """A function that pushes token pieces through the SDK's detector and builds the events
     the SDK would emit for them."""
-    from relayllm.edge import command
+    from relayllm.protos import grammar as command
     from relayllm.edge.events import TextPiece
 
     detector_cls = command.CommandDetector
@@ -332,7 +332,7 @@ def device_probe(path: str, engine: str, max_tokens: int) -> dict:
 def device_footprint(path: str | Path, engine: str, max_tokens: int = 32, timeout_s: float = 300) -> dict:
     """Run `device_probe` in a fresh interpreter, so that memory is this model's alone."""
     code = (
-        "import json,sys; from relayllm.edge.bench_edge import device_probe; "
+        "import json,sys; from relayllm.training.bench.edge import device_probe; "
         "print(json.dumps(device_probe(sys.argv[1], sys.argv[2], int(sys.argv[3]))))"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(path), engine, str(max_tokens)],

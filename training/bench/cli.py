@@ -2,12 +2,14 @@
 
 Every figure is printed beside the peer it is compared to, both measured in this run on
 this machine (alternating, so a busy neighbour slows both alike), and their ratio. The
-measurements live with the part they measure (relayllm.edge.bench_edge,
-relayllm.cloud.bench_cloud); this module runs them, turns them into figures and writes
+measurements live beside this module (relayllm.training.bench.edge,
+relayllm.training.bench.cloud); this module runs them, turns them into figures and writes
 `bench.json`. Benchmarks, not tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
+
+HELP = "benchmarks against the raw engines (tables + JSON)"
 
 import argparse
 import json
@@ -72,7 +74,7 @@ def _machine() -> dict:
 
 
 def run_edge(cfg: dict, progress) -> tuple[dict, list[Figure]]:
-    from relayllm.edge import bench_edge
+    from relayllm.training.bench import edge as bench_edge
     from relayllm.edge.models import ModelNotFound, gemma3_gguf
 
     out: dict = {}
@@ -153,7 +155,7 @@ def _start_cloud(cfg: dict, *, max_sessions: int):
 
 
 def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
-    from relayllm.cloud import bench_cloud
+    from relayllm.training.bench import cloud as bench_cloud
 
     out: dict = {}
     figs: list[Figure] = []
@@ -236,7 +238,7 @@ def _not_measured(result: dict) -> list[str]:
 def _edge_sync(cfg: dict) -> dict:
     """The relay through the SDK, calls forced by a router at fixed positions, with and
     without the background sync; edge and cloud on one thread each, like two machines."""
-    from relayllm.edge import bench_edge
+    from relayllm.training.bench import edge as bench_edge
 
     try:
         return bench_edge.relay_sync_latency(cfg)
@@ -323,12 +325,12 @@ def write_results(result: dict, out_dir: Path) -> Path:
 
 
 def run(args) -> int:
-    from relayllm.edge.cli import CliError
+    from relayllm.training.errors import TrainingError
 
     cfg = config(args.quick, args)
     for key in ("slm", "llm"):
         if not Path(cfg[key]).is_file():
-            raise CliError(f"--{key}: no such GGUF file: {cfg[key]}")
+            raise TrainingError(f"--{key}: no such GGUF file: {cfg[key]}")
     out_dir = Path(args.out)
     progress = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     progress(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {NO_GPU_NOTE}")

@@ -1,4 +1,11 @@
-"""Finding `<call>N</call>` in the SLM's text as it is written.
+"""The command grammar: `<call>N</call>`, one definition for edge, cloud, training and grading.
+
+The SLM asks the LLM for the next N tokens by writing `<call>N</call>`: the open marker,
+1 to MAX_DIGITS decimal digits, the close marker. Anything else (`<call>x</call>`,
+`<call></call>`, too many digits) is plain text. A trained SLM has the two markers as
+single added tokens (COMMAND_TOKENS); the text form is the same either way.
+
+Finding commands in the SLM's text as it is written:
 
 The SLM's text arrives one token piece at a time, and a command may span pieces
 ("<", "call", ">", "1", "6", "</", "call", ">") or arrive as single added tokens
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 
 OPEN = "<call>"
 CLOSE = "</call>"
+COMMAND_TOKENS = (OPEN, CLOSE)  # added to a relay SLM's tokenizer as single, non-special tokens
 MAX_DIGITS = 6  # N above 999999 is not a command (the edge clamps N far below this anyway)
 
 COMMAND_RE = re.compile(r"<call>([0-9]{1,%d})</call>" % MAX_DIGITS)
@@ -36,6 +44,14 @@ class Command:
 
     tokens: int
     raw: str
+
+
+def format_command(n: int) -> str:
+    """The text of the command that asks for `n` tokens."""
+    n = int(n)
+    if n < 0 or len(str(n)) > MAX_DIGITS:
+        raise ValueError(f"a command asks for 0 to {10 ** MAX_DIGITS - 1} tokens, not {n}")
+    return f"{OPEN}{n}{CLOSE}"
 
 
 def remove_commands(text: str) -> str:
@@ -119,3 +135,35 @@ class CommandDetector:
         """End of the stream (or the SLM is interrupted): whatever is held is plain text."""
         held, self._held = self._held, ""
         return held
+
+
+# ---------------------------------------------------------------------------------------
+# The same grammar over token ids (a relay SLM with COMMAND_TOKENS in its vocabulary)
+
+
+def command_at_end_of_ids(ids: list[int], open_id: int, close_id: int, decode) -> int | None:
+    """N of the command that `ids` ends with (`... <call> digits </call>`), None when `ids`
+    does not end with the close token. `decode(ids) -> str` renders the digits; a malformed
+    command (no open token, not 1 to MAX_DIGITS digits inside) asks for nothing: 0."""
+    if not ids or ids[-1] != close_id:
+        return None
+    try:
+        start = len(ids) - 1 - ids[::-1].index(open_id, 1)
+    except ValueError:
+        return 0
+    match = COMMAND_AT_END_RE.search(OPEN + decode(ids[start + 1 : -1]).strip() + CLOSE)
+    return int(match.group(1)) if match else 0
+
+
+def remove_command_ids(ids: list[int], open_id: int, close_id: int) -> list[int]:
+    """Token ids with every complete open ... close span removed: what the LLM is shown."""
+    out: list[int] = []
+    start = None
+    for t in ids:
+        if t == open_id:
+            start = len(out)
+        out.append(t)
+        if t == close_id and start is not None:
+            del out[start:]
+            start = None
+    return out
