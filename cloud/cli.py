@@ -9,8 +9,6 @@ HELP = "run the cloud LLM service (gRPC)"
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
 from relayllm.cloud.errors import ServiceError
@@ -75,14 +73,17 @@ def make_backend(args):
     if kind == "llama.cpp":
         if not model.is_file():
             raise ServiceError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
-        from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+        from relayllm.cloud.backends import backend_class
 
+        LlamaCppBackend = backend_class("llama.cpp")
         try:
             return LlamaCppBackend(model, n_ctx=args.n_ctx, max_sessions=args.max_sessions, n_threads=args.threads)
         except ValueError as err:  # llama.cpp could not load it
             raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None
     try:
-        from relayllm.cloud.transformers_backend import TransformersBackend
+        from relayllm.cloud.backends import backend_class
+
+        TransformersBackend = backend_class("transformers")
     except ImportError as err:
         raise ServiceError(f"the transformers backend needs torch and transformers (pip install 'relayllm[cloud]'): {err}")
     try:
@@ -93,7 +94,10 @@ def make_backend(args):
 
 
 def run(args) -> int:
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    import asyncio
+
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.serve import serve_forever
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _positive(args, "max_sessions", "max_sessions_per_tenant", "max_tokens_per_call", "n_ctx", "threads",
@@ -106,21 +110,17 @@ def run(args) -> int:
                           max_concurrent_streams=args.max_concurrent_streams,
                           max_sessions_per_tenant=args.max_sessions_per_tenant, rate_per_s=args.rate)
     backend = make_backend(args)
-    try:
-        server = ServerThread(backend, host=args.host, port=args.port, config=config)
-    except (OSError, RuntimeError) as err:
-        raise ServiceError(f"cannot listen on {args.host}:{args.port}: {err}") from None
     scheme = "tls" if config.tls_cert else "insecure"
-    print(f"relayllm serve: {backend.name} {backend.model_name} listening on {server.target} ({scheme}, "
-          f"{'bearer tokens' if config.tokens else 'no auth'}); Ctrl-C stops", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def ready(running) -> None:
+        print(f"relayllm serve: {backend.name} {backend.model_name} listening on {args.host}:{running.port} "
+              f"({scheme}, {'bearer tokens' if config.tokens else 'no auth'}); Ctrl-C stops", flush=True)
+
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    print("relayllm serve: stopping", flush=True)
-    server.stop(grace=2.0)
-    backend.close()
+        asyncio.run(serve_forever(backend, host=args.host, port=args.port, config=config, on_ready=ready))
+    except OSError as err:
+        raise ServiceError(f"cannot listen on {args.host}:{args.port}: {err}") from None
+    finally:
+        backend.close()
+    print("relayllm serve: stopped", flush=True)
     return 0
