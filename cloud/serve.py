@@ -65,7 +65,9 @@ async def start(backend: Backend, *, host: str = "127.0.0.1", port: int = 0, con
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_concurrent_streams", config.max_concurrent_streams),
+        # above the admission limit, so that a call over it gets a clear RESOURCE_EXHAUSTED
+        # instead of waiting in the HTTP/2 transport
+        ("grpc.max_concurrent_streams", config.max_concurrent_streams + 16),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
