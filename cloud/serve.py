@@ -51,7 +51,14 @@ class Running:
         await self.set_serving(False)
         in_flight = self.servicer.admission.in_flight()
         log.info("draining: %d calls in flight, up to %s s", in_flight, grace)
-        await self.server.stop(grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))  # new calls are refused from now on
+        # Relay calls done: end the rest at once (health Watch streams of balancers would
+        # otherwise hold the server for the whole grace period).
+        while not stopping.done() and self.servicer.admission.in_flight() > 0:
+            await asyncio.sleep(0.05)
+        if not stopping.done():
+            await self.server.stop(0)
+        await stopping
         self.servicer.executor.shutdown(wait=False, cancel_futures=True)
 
 

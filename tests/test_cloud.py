@@ -372,11 +372,17 @@ def test_serve_cli_listens_answers_and_stops_on_ctrl_c(smollm2_path, tmp_path):
     from relayllm.protos.cli import main
 
     assert main(["serve", "--model", str(tmp_path / "missing.gguf")]) == 2
-    assert main(["serve", "--model", str(smollm2_path), "--token", "no-tenant"]) == 2
+    os.environ["RELAYLLM_TOKENS"] = "no-tenant"
+    try:
+        assert main(["serve", "--model", str(smollm2_path), "--insecure"]) == 2
+        os.environ["RELAYLLM_TOKENS"] = "secret:team"
+        assert main(["serve", "--model", str(smollm2_path)]) == 2  # tokens without TLS need --insecure
+    finally:
+        del os.environ["RELAYLLM_TOKENS"]
     process = subprocess.Popen([sys.executable, "-m", "relayllm.protos.cli", "serve", "--model", str(smollm2_path),
-                                "--port", "0", "--max-sessions", "2", "--n-ctx", "256", "--token", "secret:team"],
+                                "--port", "0", "--max-sessions", "2", "--n-ctx", "256", "--insecure"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "RELAYLLM_TOKENS": "secret:team"})
     try:
         line = process.stdout.readline()
         assert "listening on 127.0.0.1:" in line, line + process.stderr.read()
