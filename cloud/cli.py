@@ -13,6 +13,7 @@ HELP = "run the cloud LLM service (gRPC)"
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from relayllm.cloud.errors import ServiceError
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=helps["backend"] + " (default auto)")
     parser.add_argument("--upstream-url", help=helps["upstream_url"])
     parser.add_argument("--tokenizer", help=helps["tokenizer"])
+    parser.add_argument("--prompt-format", choices=("auto", "tokens", "text"), help=helps["prompt_format"])
+    parser.add_argument("--cache-salt", action="store_const", const=True, help=helps["cache_salt"])
     parser.add_argument("--gguf-file", help=helps["gguf_file"])
     parser.add_argument("--device", help=helps["device"])
     parser.add_argument("--host", help=helps["host"] + " (default 127.0.0.1)")
@@ -59,9 +62,10 @@ def make_backend(settings: ServeSettings):
         if not settings.upstream_url or not settings.model:
             raise ServiceError("the openai-gateway backend needs --upstream-url and --model (the engine's model name)")
         try:
-            return backend_class("openai-gateway")(settings.upstream_url, model=settings.model,
-                                                   tokenizer=settings.tokenizer, n_ctx=settings.n_ctx,
-                                                   max_sessions=settings.max_sessions)
+            return backend_class("openai-gateway")(
+                settings.upstream_url, model=settings.model, tokenizer=settings.tokenizer, n_ctx=settings.n_ctx,
+                max_sessions=settings.max_sessions, prompt_format=settings.prompt_format,
+                salt_tenants=settings.cache_salt, api_key=os.environ.get("RELAYLLM_UPSTREAM_API_KEY"))
         except (OSError, ValueError) as err:
             raise ServiceError(f"cannot use the engine at {settings.upstream_url}: {err}") from None
     if not settings.model:

@@ -26,7 +26,7 @@ from relayllm.protos.fingerprint import fingerprint_of_pieces, token_piece
 class LlamaModelFile:
     """One GGUF loaded once: weights, vocabulary, tokenizer, fingerprint (shared by contexts)."""
 
-    def __init__(self, gguf_path):
+    def __init__(self, gguf_path, *, vocab_only: bool = False):
         import llama_cpp
         from llama_cpp import _internals
 
@@ -36,7 +36,9 @@ class LlamaModelFile:
         route_llama_logs()
         self.llama_cpp, self.internals = llama_cpp, _internals
         self.path = path
-        self.model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = vocab_only  # the tokenizer alone (the gateway's)
+        self.model = _internals.LlamaModel(path_model=str(path), params=params,
                                            verbose=True)  # verbose: no stdout/stderr swap (logs are routed)
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
@@ -61,6 +63,12 @@ class LlamaModelFile:
 
     def is_eos(self, token_id: int) -> bool:
         return bool(self.llama_cpp.llama_vocab_is_eog(self.vocab, token_id))
+
+    def bos(self) -> int | None:
+        """The BOS token id when the model adds one to a prompt, else None."""
+        if not self.llama_cpp.llama_vocab_get_add_bos(self.vocab):
+            return None
+        return self.llama_cpp.llama_vocab_bos(self.vocab)
 
     def sampler(self, sampling: SamplingParams, n_vocab: int):
         """A llama.cpp sampler chain for these settings (greedy at temperature 0)."""
