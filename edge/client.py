@@ -229,6 +229,7 @@ class CloudSession:
         self.last_done: pb.Done | None = None
         self._mode: str | None = None
         self._held = None  # what the cloud holds for us (bytes or list[int]); None = unknown
+        self._call = None  # the Help call in flight, for cancel()
 
     # -- deltas ------------------------------------------------------------------------
     def _whole(self, text, tokens):
@@ -292,7 +293,7 @@ class CloudSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._fail("deadline", "no time left for the call")
-            call = self.client.stub.Help(request, timeout=remaining, metadata=self.client.metadata)
+            call = self._call = self.client.stub.Help(request, timeout=remaining, metadata=self.client.metadata)
             generated_text: list[str] = []
             generated_ids: list[int] = []
             done = None
@@ -311,6 +312,7 @@ class CloudSession:
                 raise self._fail(_reason(err, streaming_started=bool(generated_ids)), err.details() or "") from None
             finally:
                 call.cancel()  # no-op when finished; stops generation when the caller stops reading
+                self._call = None
             if done is None:
                 raise self._fail("broken_stream", "the stream ended without Done")
             self.last_done = done
@@ -321,6 +323,13 @@ class CloudSession:
             self.client.breaker.record_success()
             return
         raise self._fail("refused:FAILED_PRECONDITION", "the cloud refused the whole prefix too")
+
+    def cancel(self) -> None:
+        """Cancel the Help call in flight now, from any thread: its stream ends at once
+        with CloudError("cancelled") instead of waiting for the deadline."""
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     def sync(self, *, text: str | None = None, tokens: Sequence[int] | None = None,
              deadline_s: float | None = None) -> None:
