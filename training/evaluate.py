@@ -599,8 +599,8 @@ class local_cloud:
         self._server = None
 
     def __enter__(self) -> str:
-        from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-        from relayllm.cloud.server import ServerThread
+        from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+        from relayllm.cloud.harness import ServerThread
 
         self._server = ServerThread(LlamaCppBackend(self.llm_gguf))
         self._server.__enter__()

@@ -143,8 +143,8 @@ def run_edge(cfg: dict, progress) -> tuple[dict, list[Figure]]:
 
 
 def _start_cloud(cfg: dict, *, max_sessions: int):
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
 
     backend = LlamaCppBackend(str(cfg["llm"]), n_ctx=cfg["n_ctx"], max_sessions=max_sessions)
     return ServerThread(backend)
