@@ -14,7 +14,7 @@ from relayllm.protos.cli import main
 
 
 def test_module_import_is_light():
-    code = "import sys, relayllm.training.cli; print(any(m in sys.modules for m in ('torch', 'transformers', 'trl')))"
+    code = "import sys, relayllm.training.relay.cli; print(any(m in sys.modules for m in ('torch', 'transformers', 'trl')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -72,7 +72,7 @@ quants = ["q8_0"]
     assert json.loads((run / "grpo" / "grpo_done.json").read_text())["steps"] == 1
     assert (run / "gguf" / "relay-q8_0.gguf").stat().st_size > 0
     # the GGUF keeps the command tokens single
-    from relayllm.training import export
+    from relayllm.training.models import export
 
     trip = export.roundtrip_tokens(run / "gguf" / "relay-q8_0.gguf", run / "grpo", "5<call>2</call>;")
     assert trip["gguf"] == trip["hf"] and trip["gguf_text"] == "5<call>2</call>;"

@@ -131,7 +131,7 @@ def run(args) -> int:
 
     try:
         if "warmup" in stages:
-            from relayllm.training.warmup import DONE_MARK, run_warmup
+            from relayllm.training.relay.warmup import DONE_MARK, run_warmup
 
             kw = _stage_kwargs(config, "warmup", run_warmup, set(common))
             slm = _need_dir(config.get("warmup", {}).get("input") or config.get("slm"), "slm checkpoint")
@@ -141,7 +141,7 @@ def run(args) -> int:
             print(f"warm-up: {summary['examples']} examples, {summary['calls']} commands, {summary['steps']} steps, "
                   f"loss {summary['loss_first']} -> {summary['loss_last']} -> {done}")
         if "grpo" in stages:
-            from relayllm.training.grpo import METRICS_FILE, run_grpo
+            from relayllm.training.relay.grpo import METRICS_FILE, run_grpo
 
             kw = _stage_kwargs(config, "grpo", run_grpo, set(common))
             slm = config.get("grpo", {}).get("input") or (
@@ -159,7 +159,7 @@ def run(args) -> int:
             print(f"grpo: -> {done}")
         if "export" in stages:
             try:
-                from relayllm.training import export
+                from relayllm.training.models import export
             except ImportError as exc:
                 raise _error(f"export is not available: {exc}") from None
             section = dict(config.get("export", {}) or {})

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay_parts import add_command_tokens, command_ids, load_checkpoint
+from relayllm.training.relay.checkpoints import add_command_tokens, command_ids, load_checkpoint
 
 STRATEGIES = ("random", "guided")
 DONE_MARK = "warmup_done.json"
@@ -90,7 +90,7 @@ def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: in
             raise TrainingError("prompts and answers must be given together, one answer per prompt")
         return [(str(p), str(a)) for p, a in zip(prompts, answers)]
     if rows is None:
-        from relayllm.training import task
+        from relayllm.training.data import task
 
         rows = task.train_split()[:n_examples]
     out = []
@@ -105,7 +105,7 @@ def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: in
 
 
 def _grade(text: str, answer: str) -> bool:
-    from relayllm.training import task
+    from relayllm.training.data import task
 
     return task.grade(text, answer)
 

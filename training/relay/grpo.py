@@ -11,7 +11,7 @@ The LLM's tokens are not the policy's actions: the rollout returns `env_mask` (0
 which TRL multiplies into the loss mask, so they carry no policy gradient and no KL. With
 `mask_llm_tokens=False` they are kept, as in the reference, to compare.
 
-Rewards: training/rewards.py ("table" per prompt group, or "simple"). Logged per step
+Rewards: training/relay/rewards.py ("table" per prompt group, or "simple"). Logged per step
 (trainer log and `metrics.jsonl` in the output folder): reward, accuracy, calls per
 sample, call ratio, LLM token ratio, KL, and TRL's own figures.
 """
@@ -25,13 +25,9 @@ import torch
 
 from relayllm.protos.grammar import command_at_end_of_ids
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay_parts import (
-    CloudLLM,
-    LocalLLM,
-    add_command_tokens,
-    load_checkpoint,
-)
-from relayllm.training.rewards import REWARDS, Rollout, group_rewards
+from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
+from relayllm.training.relay.helper_llm import CloudLLM, LocalLLM
+from relayllm.training.relay.rewards import REWARDS, Rollout, group_rewards
 
 DONE_MARK = "grpo_done.json"
 METRICS_FILE = "metrics.jsonl"
@@ -134,7 +130,7 @@ class RelayReward:
 
     def __call__(self, prompts, completions, completion_ids, answer, relay_calls, relay_requested,
                  relay_llm_tokens, log_metric=None, **_) -> list[float]:
-        from relayllm.training import task
+        from relayllm.training.data import task
 
         rollouts = [Rollout(correct=task.grade(c, a), calls=k, requested=n, length=len(ids))
                     for c, a, k, n, ids in zip(completions, answer, relay_calls, relay_requested, completion_ids)]
@@ -174,11 +170,11 @@ def _truncate_metrics(path: Path, upto_step: int) -> None:
 
 def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable_only: bool, progress: bool):
     """Training prompts (text, answer); by default only those the LLM solves greedily."""
-    from relayllm.training.warmup import _rows, greedy_ids
+    from relayllm.training.relay.warmup import _rows, greedy_ids
 
     pairs = _rows(rows, None, None, n_prompts * (2 if solvable_only else 1), seed)
     if solvable_only and llm_model is not None:
-        from relayllm.training import task
+        from relayllm.training.data import task
 
         sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs], 64)
         pairs = [pa for pa, s in zip(pairs, sols) if task.grade(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
