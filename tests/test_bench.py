@@ -36,8 +36,23 @@ def test_every_figure_has_a_peer_and_sane_values(mini_result):
         assert f["peer_name"], f
         assert math.isfinite(f["value"]) and f["value"] >= 0, f
         assert f["peer_value"] is not None and math.isfinite(f["peer_value"]) and f["peer_value"] >= 0, f
-    assert "no GPU" in mini_result["machine"]["gpu"]
+        assert f["ratio"] is None or f["ratio"] == pytest.approx(f["value"] / f["peer_value"]), f  # as printed
+        assert f["ratio_how"] == "value / peer value"
+    assert mini_result["machine"]["gpu"] == bench.gpu_line()  # read from this machine
     assert mini_result["table"].count("\n") >= len(mini_result["figures"])
+
+
+def test_the_gpu_line_is_read_from_the_machine(tmp_path, monkeypatch):
+    """No nvidia-smi: says so; an nvidia-smi that lists a GPU: that GPU (a script standing in
+    for the driver's tool, since this machine has none)."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bench.gpu_line() == "no GPU found (no nvidia-smi on PATH)"
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-1234)'\n")
+    smi.chmod(0o755)
+    assert bench.gpu_line() == "GPU 0: NVIDIA H200 (UUID: GPU-1234)"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert bench.gpu_line().startswith("no GPU found (nvidia-smi exit 9: NVIDIA-SMI has failed")
 
 
 def test_llama_cpp_baselines(mini_result):

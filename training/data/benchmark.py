@@ -56,3 +56,42 @@ def builtin_examples(limit: int | None = None, *, split: str = "test") -> list[E
     rows = task.test_split() if split == "test" else task.train_split()
     examples = [Example(str(r.question), str(r.answer)) for r in rows]
     return examples[:limit] if limit is not None else examples
+
+
+@dataclass
+class QuestionSet:
+    """Questions for relay training, shown and graded as evaluation shows and grades them.
+
+    The built-in task: its raw prompt format and exact grading. A JSONL benchmark: each
+    question through the SLM tokenizer's chat template with `instruction`
+    (training/data/prompts.py hf_prompt; `chat` None: when the tokenizer has a template),
+    graded by math-verify.
+    """
+
+    examples: list[Example]
+    builtin: bool = False
+    instruction: str | None = None
+    chat: bool | None = None
+
+    @classmethod
+    def from_config(cls, data: str | Path | None, instruction: str | None = None,
+                    chat: bool | None = None) -> "QuestionSet":
+        if data is None:
+            return cls(builtin_examples(split="train"), builtin=True)
+        return cls(load_jsonl(data), instruction=instruction, chat=chat)
+
+    @property
+    def grader(self):
+        from relayllm.training.data.grading import make_grader
+
+        return make_grader("exact" if self.builtin else "math")
+
+    def pairs(self, tokenizer, n: int | None = None) -> list[tuple[str, str]]:
+        """(prompt text, gold answer) for the first `n` questions, in the SLM tokenizer's format."""
+        from relayllm.training.data import prompts, task
+
+        rows = self.examples[:n] if n is not None else self.examples
+        if self.builtin:
+            return [(task.format_prompt(e.question), e.answer) for e in rows]
+        return [(prompts.hf_prompt(tokenizer, e.question, instruction=self.instruction, chat=self.chat), e.answer)
+                for e in rows]

@@ -38,14 +38,22 @@ def command_ids(tokenizer, n: int) -> list[int]:
 
 
 def load_checkpoint(path, *, what: str = "model"):
-    """(model, tokenizer) from an HF checkpoint folder, command tokens ensured, in eval mode."""
+    """(model, tokenizer) from an HF checkpoint folder or a GGUF file (transformers
+    dequantizes it into a torch model with its tokenizer), command tokens ensured, in eval
+    mode, on the GPU when there is one (training then runs there; TRL keeps it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise TrainingError(f"{what}: not an HF checkpoint folder (no config.json): {path}")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    if path.is_file() and path.suffix == ".gguf":
+        where, kw = str(path.parent), {"gguf_file": path.name}
+    elif (path / "config.json").is_file():
+        where, kw = str(path), {}
+    else:
+        raise TrainingError(f"{what}: neither an HF checkpoint folder (no config.json) nor a GGUF file: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
     add_command_tokens(tokenizer, model)
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.eval()
     return model, tokenizer

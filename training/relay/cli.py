@@ -1,24 +1,14 @@
-"""`relayllm train warmup|grpo|export|all --config FILE.json|.toml [overrides]`.
+"""`relayllm train warmup|grpo|export|all --config FILE.toml|.json [overrides]`.
 
-The config names the models and the output folder, with one optional section per stage
-whose keys are the keyword arguments of run_warmup / run_grpo / export.export:
-
-    slm = "path/to/slm-hf"          # HF checkpoint folder
-    llm = "path/to/llm-hf"          # or "grpc://127.0.0.1:50051" for the cloud service (GRPO)
-    out = "runs/relay"              # warmup/, grpo/, gguf/ go under it
-    [warmup]
-    strategy = "guided"
-    steps = 80
-    [grpo]
-    steps = 20
-    reward = "table"
-    [export]
-    quants = ["q8_0"]
+The config (training/relay/config.py: one dataclass per stage, `--show-config` prints every
+key with its default and help; its module doc shows an example) names the models (HF
+folders or GGUF files; the LLM may be a running cloud, grpc://HOST:PORT), the data (a JSONL
+of questions and answers, or the built-in task) and the output folder.
 
 Each stage reads the previous stage's output when it is there (grpo: out/warmup; export:
 out/grpo, else out/warmup), else `slm`. Interrupted runs resume from their last checkpoint;
-`--restart` starts over. Overrides: --slm/--llm/--out, and `--set grpo.steps=5` (value as
-JSON, else a string). Nothing heavy is imported until run().
+`--restart` starts over. Overrides: --slm/--llm/--out/--data/--seed, and `--set grpo.steps=5`
+(value as JSON, else a string). Nothing heavy is imported until run().
 """
 
 from __future__ import annotations
@@ -26,63 +16,39 @@ from __future__ import annotations
 HELP = "warm-up, GRPO and GGUF export of a relay SLM"
 
 import argparse
-import inspect
 import json
 from pathlib import Path
 
-STAGES = ("warmup", "grpo", "export")
+from relayllm.training.errors import TrainingError
+from relayllm.training.relay.config import STAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", choices=(*STAGES, "all"), help="which stage to run (all: warm-up, GRPO, export)")
-    parser.add_argument("--config", type=Path, help="JSON or TOML config file")
-    parser.add_argument("--slm", help="the SLM to train (HF checkpoint folder)")
-    parser.add_argument("--llm", help="the helper LLM: HF checkpoint folder, or grpc://HOST:PORT (GRPO only)")
+    parser.add_argument("stage", nargs="?", choices=(*STAGES, "all"),
+                        help="which stage to run (all: warm-up, GRPO, export)")
+    parser.add_argument("--config", type=Path, help="TOML or JSON config file")
+    parser.add_argument("--slm", help="the SLM to train (HF checkpoint folder or GGUF file)")
+    parser.add_argument("--llm", help="the helper LLM: HF folder, GGUF file, or grpc://HOST:PORT (GRPO only)")
+    parser.add_argument("--data", help="JSONL of questions and answers (default: the built-in task)")
     parser.add_argument("--out", type=Path, help="output folder (stage subfolders go under it)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set grpo.steps=5 (repeatable)")
     parser.add_argument("--seed", type=int, help="seed for every stage")
     parser.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
+    parser.add_argument("--show-config", action="store_true", help="print every config key with its default and help")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _error(msg: str):
-    from relayllm.training.errors import TrainingError
-
-    return TrainingError(msg)
-
-
-def load_config(path: Path | None) -> dict:
-    """The config file as a dict (empty without a file); readable errors for bad files."""
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise _error(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:  # json and tomllib errors are ValueErrors
-        raise _error(f"cannot read config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise _error(f"config {path} must hold a table/object at the top")
-    return data
-
-
 def apply_overrides(config: dict, args) -> dict:
+    """The config file's dict with the command line's overrides applied."""
     config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
-    for key in ("slm", "llm", "out", "seed"):
+    for key in ("slm", "llm", "out", "data", "seed"):
         if getattr(args, key, None) is not None:
             config[key] = str(getattr(args, key)) if key != "seed" else args.seed
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise _error(f"--set wants SECTION.KEY=VALUE, got {item!r}")
+            raise TrainingError(f"--set wants SECTION.KEY=VALUE, got {item!r}")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -90,88 +56,79 @@ def apply_overrides(config: dict, args) -> dict:
         section, dot, name = key.partition(".")
         if dot:
             if section not in STAGES:
-                raise _error(f"--set {item!r}: unknown section {section!r} (one of {', '.join(STAGES)})")
+                raise TrainingError(f"--set {item!r}: unknown section {section!r} (one of {', '.join(STAGES)})")
             config.setdefault(section, {})[name] = value
         else:
             config[key] = value
     return config
 
 
-def _stage_kwargs(config: dict, stage: str, fn, reserved: set[str]) -> dict:
-    """The section's keys, checked against the stage function's keyword arguments."""
-    section = config.get(stage, {}) or {}
-    if not isinstance(section, dict):
-        raise _error(f"config section [{stage}] must be a table/object")
-    allowed = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY} - reserved
-    unknown = sorted(set(section) - allowed - {"input"})
-    if unknown:
-        raise _error(f"unknown key(s) in [{stage}]: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return {k: v for k, v in section.items() if k != "input"}
-
-
-def _need_dir(value, what: str) -> Path:
+def _model(value, what: str, *, cloud_ok: bool = False) -> str:
+    """A model path the stages can load: an HF checkpoint folder or a GGUF file (or a cloud)."""
     if not value:
-        raise _error(f"no {what} given (config key or --{what.split()[0]})")
+        raise TrainingError(f"no {what} given (config key or --{what.split()[0]})")
+    if cloud_ok and str(value).startswith("grpc://"):
+        return str(value)
     path = Path(value)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path)
     if not (path / "config.json").is_file():
-        raise _error(f"{what} is not an HF checkpoint folder (no config.json): {path}")
-    return path
+        raise TrainingError(f"{what} is neither an HF checkpoint folder (no config.json) nor a GGUF file: {path}")
+    return str(path)
 
 
 def run(args) -> int:
-    config = apply_overrides(load_config(args.config), args)
-    if not config.get("out"):
-        raise _error("no output folder: give --out or `out` in the config")
-    out = Path(config["out"])
+    from relayllm.training.relay.config import describe, read_config_file, train_config_from_dict
+
+    if args.show_config:
+        print(describe())
+        return 0
+    if args.stage is None:
+        raise TrainingError("give a stage: warmup, grpo, export or all")
+    raw = apply_overrides(read_config_file(args.config), args)
+    if not raw.get("out"):
+        raise TrainingError("no output folder: give --out or `out` in the config")
+    cfg = train_config_from_dict(raw)
+    out = Path(cfg.out)
     stages = STAGES if args.stage == "all" else (args.stage,)
-    progress = not args.no_progress
-    common = {"progress": progress, "resume": not args.restart}
-    if config.get("seed") is not None:
-        common["seed"] = int(config["seed"])
+    common = {"progress": not args.no_progress, "resume": not args.restart, "seed": cfg.seed}
 
-    try:
-        if "warmup" in stages:
-            from relayllm.training.relay.warmup import DONE_MARK, run_warmup
+    questions = None
+    if "warmup" in stages or "grpo" in stages:
+        from relayllm.training.data.benchmark import QuestionSet
 
-            kw = _stage_kwargs(config, "warmup", run_warmup, set(common))
-            slm = _need_dir(config.get("warmup", {}).get("input") or config.get("slm"), "slm checkpoint")
-            llm = _need_dir(config.get("llm"), "llm checkpoint")
-            done = run_warmup(slm, llm, out / "warmup", **kw, **common)
-            summary = json.loads((done / DONE_MARK).read_text())
-            print(f"warm-up: {summary['examples']} examples, {summary['calls']} commands, {summary['steps']} steps, "
-                  f"loss {summary['loss_first']} -> {summary['loss_last']} -> {done}")
-        if "grpo" in stages:
-            from relayllm.training.relay.grpo import METRICS_FILE, run_grpo
+        questions = QuestionSet.from_config(cfg.data, cfg.instruction, cfg.chat)
+    if "warmup" in stages:
+        from relayllm.training.relay.warmup import DONE_MARK, run_warmup
 
-            kw = _stage_kwargs(config, "grpo", run_grpo, set(common))
-            slm = config.get("grpo", {}).get("input") or (
-                out / "warmup" if (out / "warmup" / "warmup_done.json").is_file() else config.get("slm"))
-            slm = _need_dir(slm, "slm checkpoint")
-            llm = config.get("llm")
-            if not (isinstance(llm, str) and llm.startswith("grpc://")):
-                llm = _need_dir(llm, "llm checkpoint")
-            done = run_grpo(slm, llm, out / "grpo", **kw, **common)
-            lines = [json.loads(x) for x in (done / METRICS_FILE).read_text().splitlines()]
-            for x in lines:
-                print(f"grpo step {x['step']}: reward {x.get('reward', 0):.3f} accuracy {x.get('relay/accuracy', 0):.2f} "
-                      f"calls/sample {x.get('relay/calls_per_sample', 0):.2f} "
-                      f"llm token ratio {x.get('relay/llm_token_ratio', 0):.3f} kl {x.get('kl', 0):.4f}")
-            print(f"grpo: -> {done}")
-        if "export" in stages:
-            try:
-                from relayllm.training.models import export
-            except ImportError as exc:
-                raise _error(f"export is not available: {exc}") from None
-            section = dict(config.get("export", {}) or {})
-            src = section.pop("input", None) or next(
-                (out / s for s in ("grpo", "warmup") if (out / s / f"{s}_done.json").is_file()), None)
-            src = _need_dir(src, "export input checkpoint")
-            kw = _stage_kwargs({"export": section}, "export", export.export, set())
-            paths = export.export(src, out / "gguf", **kw)
-            for kind, path in paths.items():
-                print(f"export {kind}: {path}")
-    except Exception as exc:
-        if type(exc).__name__ == "ExportError":
-            raise _error(str(exc)) from None
-        raise
+        slm = _model(cfg.warmup.input or cfg.slm, "slm checkpoint")
+        llm = _model(cfg.llm, "llm checkpoint") if cfg.warmup.strategy == "guided" else None
+        done = run_warmup(slm, llm, out / "warmup", cfg.warmup, questions=questions, **common)
+        summary = json.loads((done / DONE_MARK).read_text())
+        print(f"warm-up: {summary['examples']} examples, {summary['calls']} commands, {summary['steps']} steps, "
+              f"loss {summary['loss_first']} -> {summary['loss_last']} -> {done}")
+    if "grpo" in stages:
+        from relayllm.training.relay.grpo import METRICS_FILE, run_grpo
+
+        slm = cfg.grpo.input or (out / "warmup" if (out / "warmup" / "warmup_done.json").is_file() else cfg.slm)
+        slm = _model(slm, "slm checkpoint")
+        llm = _model(cfg.llm, "llm checkpoint", cloud_ok=True)
+        done = run_grpo(slm, llm, out / "grpo", cfg.grpo, questions=questions, **common)
+        for x in (json.loads(line) for line in (done / METRICS_FILE).read_text().splitlines()):
+            print(f"grpo step {x['step']}: reward {x.get('reward', 0):.3f} accuracy {x.get('relay/accuracy', 0):.2f} "
+                  f"calls/sample {x.get('relay/calls_per_sample', 0):.2f} "
+                  f"llm token ratio {x.get('relay/llm_token_ratio', 0):.3f} kl {x.get('kl', 0):.4f}")
+        print(f"grpo: -> {done}")
+    if "export" in stages:
+        from relayllm.training.models import export
+
+        src = cfg.export.input or next(
+            (out / s for s in ("grpo", "warmup") if (out / s / f"{s}_done.json").is_file()), None)
+        src = _model(src, "export input checkpoint")
+        try:
+            paths = export.export(src, out / "gguf", name=cfg.export.name, quants=cfg.export.quants)
+        except export.ExportError as exc:
+            raise TrainingError(str(exc)) from None
+        for kind, path in paths.items():
+            print(f"export {kind}: {path}")
     return 0

@@ -42,19 +42,19 @@ class LocalLLM:
         eos = self.tokenizer.eos_token_id
         out: list[int] = []
         cache = None
-        feed = torch.tensor([ctx])
+        feed = torch.tensor([ctx], device=self.model.device)
         for _ in range(n):
             res = self.model(input_ids=feed, past_key_values=cache, use_cache=True)
             cache, logits = res.past_key_values, res.logits[0, -1]
             if self.temperature > 0:
                 probs = torch.softmax(logits / self.temperature, -1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+                token = int(torch.multinomial(probs.cpu(), 1, generator=generator))  # CPU generator
             else:
                 token = int(logits.argmax())
             out.append(token)
             if token == eos:
                 break
-            feed = torch.tensor([[token]])
+            feed = torch.tensor([[token]], device=self.model.device)
         self.stats.calls += 1
         self.stats.tokens += len(out)
         return out
