@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,10 @@ PROTOS = Path(__file__).resolve().parent.parent / "protos"
 
 def test_generated_stubs_match_the_committed_ones(tmp_path):
     pytest.importorskip("grpc_tools", reason="grpcio-tools is in the [dev] extra")
-    spec = importlib.util.spec_from_file_location("relay_codegen", PROTOS / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
-    written = generate.generate(tmp_path)
-    assert sorted(p.name for p in written) == sorted(generate.GENERATED)
+    from relayllm.protos import codegen
+
+    written = codegen.generate(tmp_path)
+    assert sorted(p.name for p in written) == sorted(codegen.GENERATED)
     for path in written:
         assert path.read_bytes() == (PROTOS / path.name).read_bytes(), f"{path.name} is stale: run protos/codegen.py"
 
