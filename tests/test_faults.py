@@ -57,7 +57,7 @@ def cloud(smollm2_path):
 def decode(slm, target, *, router=None, on_event=None, max_tokens=40, breaker=None):
     from relayllm.edge.client import CloudClient
     from relayllm.edge.events import CallFinished, Result, TextPiece
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     client = CloudClient(target, deadline_s=DEADLINE_S, **({"breaker": breaker} if breaker else {}))
     decoder = RelayDecoder(slm, cloud=client, router=router or EveryK(),

@@ -9,9 +9,10 @@ import pytest
 import relay_models as rm
 import torch
 
-from relayllm.training import grpo
+from relayllm.training.relay import grpo
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay_parts import LocalLLM, command_ids
+from relayllm.training.relay.checkpoints import command_ids
+from relayllm.training.relay.helper_llm import LocalLLM
 
 ROWS = [{"prompt": rm.PROMPT, "answer": rm.ANSWER}]
 
@@ -122,8 +123,8 @@ def test_rollout_calls_the_llm_through_the_grpc_cloud(tok, pair, tmp_path):
     loopback, token mode): the called samples get the LLM's tokens over the wire."""
     from relayllm.cloud.backends.llamacpp import LlamaCppBackend
     from relayllm.cloud.harness import ServerThread
-    from relayllm.training import export
-    from relayllm.training.relay_parts import CloudLLM
+    from relayllm.training.models import export
+    from relayllm.training.relay.helper_llm import CloudLLM
 
     slm, llm = pair
     llm_dir = tmp_path / "llm"
