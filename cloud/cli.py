@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--config", help="a TOML file of settings (keys as below, without dashes; or RELAYLLM_CONFIG)")
     parser.add_argument("--model", help=helps["model"])
-    parser.add_argument("--backend", choices=("auto", "llama.cpp", "transformers", "openai-gateway"),
+    parser.add_argument("--backend", choices=("auto", "llama.cpp", "llama.cpp-contexts", "transformers",
+                                              "openai-gateway"),
                         help=helps["backend"] + " (default auto)")
     parser.add_argument("--upstream-url", help=helps["upstream_url"])
     parser.add_argument("--tokenizer", help=helps["tokenizer"])
@@ -76,11 +77,11 @@ def make_backend(settings: ServeSettings):
     kind = settings.backend
     if kind == "auto":
         kind = "transformers" if model.is_dir() else "llama.cpp"
-    if kind == "llama.cpp":
+    if kind.startswith("llama.cpp"):
         if not model.is_file():
             raise ServiceError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
         try:
-            return backend_class("llama.cpp")(model, n_ctx=settings.n_ctx, max_sessions=settings.max_sessions,
+            return backend_class(kind)(model, n_ctx=settings.n_ctx, max_sessions=settings.max_sessions,
                                               n_threads=settings.threads)
         except ValueError as err:  # llama.cpp could not load it
             raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] deps are in the [dev] extra")
 
-from engine import Engine  # noqa: E402
+from relayllm.training.bench.llama_server import Engine  # noqa: E402
 
 from relayllm.protos import relay_pb2 as pb  # noqa: E402
 from relayllm.protos import relay_pb2_grpc as pbg  # noqa: E402

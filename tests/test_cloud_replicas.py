@@ -1,9 +1,9 @@
 """Two cloud replicas on loopback behind client-side balancing (issue 12).
 
-Round-robin (the client picks the next replica for each call) sends a session's calls to both replicas in turn: the replica that does not
-hold the session (or holds an older state of it) answers FAILED_PRECONDITION and the SDK
-resends the whole prefix; every answer equals a single server's. With affinity by a hash
-of the session id there are no resends.
+Round-robin (the client picks the next replica for each call) sends a session's calls to
+both replicas in turn: the replica that does not hold the session (or holds an older state
+of it) answers FAILED_PRECONDITION and the SDK resends the whole prefix; every answer equals
+a single server's. With affinity by a hash of the session id there are no resends.
 """
 
 from __future__ import annotations

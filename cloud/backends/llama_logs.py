@@ -16,8 +16,9 @@ import threading
 
 log = logging.getLogger("relayllm.cloud.llama_cpp")
 
-# ggml_log_level: NONE, INFO, WARN, ERROR, DEBUG, CONT (continues the previous line)
-_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml_log_level as this llama.cpp numbers it (read from its calls, not from llama_cpp/_logger.py,
+# whose table is an older one): NONE, DEBUG, INFO, WARN, ERROR, CONT (continues the previous line)
+_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _installed: list = []  # keeps the ctypes callback alive for the life of the process
 _lock = threading.Lock()
 _last_level = [logging.DEBUG]

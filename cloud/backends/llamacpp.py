@@ -1,4 +1,5 @@
-"""The llama.cpp backend: a GGUF model on the CPU, loaded once, one context per session.
+"""The llama.cpp backend with a context per session ("llama.cpp-contexts"), and the GGUF model
+file every llama.cpp backend (and the gateway's tokenizer) loads through.
 
 The model's weights are loaded once (llama-cpp-python's low-level API: LlamaModel); each
 cached session owns a llama.cpp context whose KV cache holds that session's tokens. A later
@@ -7,7 +8,9 @@ step and decode loop of backends/base.py). Contexts are made lazily (up to max_s
 recycled when a session is evicted.
 
 No stdout/stderr swap: llama.cpp's log lines go to Python logging (backends/llama_logs.py).
-Not here: batching sessions into one forward pass (see backends/llamacpp_batched.py).
+Not here: batching sessions into one forward pass (backends/llamacpp_batched.py, the
+default "llama.cpp" backend). This one keeps each session's last logits, so a Help right
+after a Sync evaluates nothing; its sessions take turns on the CPU.
 """
 
 from __future__ import annotations

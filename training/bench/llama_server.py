@@ -1,5 +1,14 @@
-"""A real OpenAI-compatible engine on loopback for the gateway tests: llama-cpp-python's own
-server (`python -m llama_cpp.server`) serving a GGUF, started as a subprocess."""
+"""A real OpenAI-compatible engine on loopback: llama-cpp-python's own server
+(`python -m llama_cpp.server`, the llama-cpp-python[server] dependencies) serving a GGUF in a
+subprocess, for the gateway's tests and benchmarks.
+
+    engine = Engine(gguf, n_ctx=1024)   # waits until /v1/models answers
+    engine.complete("The capital of France is", 4)
+    engine.stop()
+
+It serves one request at a time (no continuous batching): a reference engine, not a server
+to deploy (see docs/cloud.md for vLLM).
+"""
 
 from __future__ import annotations
 
