@@ -18,7 +18,7 @@ SCALE = 3.0  # logit of a listed successor: SCALE * sqrt(HIDDEN) ~ 17, far above
 
 
 def tokenizer():
-    from relayllm.training.tiny_models import load_tokenizer  # SmolLM2's, + <call> </call>
+    from relayllm.training.models.tiny_models import load_tokenizer  # SmolLM2's, + <call> </call>
 
     return load_tokenizer()
 

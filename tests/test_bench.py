@@ -36,12 +36,29 @@ def test_every_figure_has_a_peer_and_sane_values(mini_result):
         assert f["peer_name"], f
         assert math.isfinite(f["value"]) and f["value"] >= 0, f
         assert f["peer_value"] is not None and math.isfinite(f["peer_value"]) and f["peer_value"] >= 0, f
+        assert f["ratio"] is None or f["ratio"] == pytest.approx(f["value"] / f["peer_value"]), f  # as printed
+        assert f["ratio_how"] == "value / peer value"
     from relayllm.training.bench.edge import machine
 
     here = machine()  # read from the machine, not written down
     assert mini_result["machine"]["gpu"] == here["gpu"] and mini_result["machine"]["cpu_model"] == here["cpu_model"]
     assert mini_result["machine"]["cpu_count"] == here["cpu_count"] > 0
     assert mini_result["table"].count("\n") >= len(mini_result["figures"])
+
+
+def test_the_gpu_line_is_read_from_the_machine(tmp_path, monkeypatch):
+    """No nvidia-smi: says so; an nvidia-smi that lists a GPU: that GPU (a script standing in
+    for the driver's tool, since this machine has none); a failing one: no GPU."""
+    from relayllm.training.bench.edge import machine
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert machine()["gpu"].startswith("no GPU found")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771 MiB'\n")
+    smi.chmod(0o755)
+    assert machine()["gpu"] == "NVIDIA H200, 143771 MiB"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert machine()["gpu"].startswith("no GPU found")
 
 
 def test_llama_cpp_baselines(mini_result):

@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from relayllm.training import defaults, task, tiny_models
+from relayllm.training.data import task
+from relayllm.training.models import defaults, tiny_models
 
 MICRO = tiny_models.TinyConfig(hidden=64, layers=1, heads=2, intermediate=128, steps=20, batch=16)
 
@@ -84,8 +85,8 @@ MICRO_ROUTERS = defaults.RouterRecipe(r2r_prompts=3, citer_prompts=4, max_new=8,
 
 def test_token_routers_are_built_into_the_manifest_and_load_on_the_edge(micro_pair, monkeypatch):
     from relayllm.edge.token_router import TokenRouter
-    from relayllm.training.citer import train_citer
-    from relayllm.training.r2r import train_r2r
+    from relayllm.training.routers.citer import train_citer
+    from relayllm.training.routers.r2r import train_r2r
 
     pair = defaults.default_models(progress=False)  # the pair alone (router training off): reused
     assert pair.root.is_relative_to(micro_pair) and pair.r2r_router is None

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 
 from relayllm.training import demo
-from relayllm.training import evaluate as E
+from relayllm.training import eval as E
 
 
 def test_demo_runs_every_mode_and_writes_the_results_folder(smollm2_path, tmp_path):
-    from relayllm.training.router_export import untrained_router_for
+    from relayllm.training.routers.onnx_export import untrained_router_for
 
     # SmolLM2 plays all three parts and an untrained router of its size both learned routers:
     # the demo's plumbing is under test, not the trained pair (tests/test_defaults.py builds routers).

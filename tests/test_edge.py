@@ -112,8 +112,8 @@ def slm(smollm2_path):
 @pytest.fixture(scope="module")
 def cloud(smollm2_path):
     """The cloud service on loopback, SmolLM2 as the LLM too (same tokenizer: token mode)."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
 
     with ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4)) as server:
         yield server
@@ -268,8 +268,8 @@ def test_no_cloud_and_a_command_is_degraded_offline(slm):
 
 
 def test_cloud_stopped_mid_answer_keeps_what_was_written(slm, smollm2_path):
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient
     from relayllm.edge.events import TextPiece
     from relayllm.edge import Limits, RelayDecoder

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from relayllm.edge.routers import AlwaysLLMRouter, ConfidenceRouter, RandomRouter, top_probability
-from relayllm.training import evaluate as E
+from relayllm.training import eval as E
 
 
 def rec(i, correct, slm, llm, calls=0, wall=0.1):
@@ -129,12 +129,12 @@ def test_load_jsonl_reads_and_reports_bad_lines(tmp_path):
     assert len(E.load_jsonl(good, limit=1)) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x", "answer": "1"}\n{"question": "y"}\n')
-    with pytest.raises(E.EvalError, match="bad.jsonl:2"):
+    with pytest.raises(E.DataError, match="bad.jsonl:2"):
         E.load_jsonl(bad)
     bad.write_text("not json\n")
-    with pytest.raises(E.EvalError, match="not valid JSON"):
+    with pytest.raises(E.DataError, match="not valid JSON"):
         E.load_jsonl(bad)
-    with pytest.raises(E.EvalError, match="not found"):
+    with pytest.raises(E.DataError, match="not found"):
         E.load_jsonl(tmp_path / "missing.jsonl")
 
 

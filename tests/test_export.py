@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from relayllm.training import export, task, tiny_models
+from relayllm.training.data import task
+from relayllm.training.models import export, tiny_models
 
 MICRO = tiny_models.TinyConfig(hidden=64, layers=1, heads=2, intermediate=128, steps=150, batch=32)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relayllm.training.rewards import Rollout, group_case, group_rewards, simple_reward, table_reward
+from relayllm.training.relay.rewards import Rollout, group_case, group_rewards, simple_reward, table_reward
 
 
 def R(correct, requested=0, length=20):

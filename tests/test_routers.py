@@ -77,7 +77,7 @@ def test_probability_features_are_sorted_topk_and_entropy():
 def test_edge_features_from_llama_cpp_match_the_models_own_logits(mini, mini_llama):
     """llama.cpp's logits and hidden state (embedding=True) give the features torch computes in training."""
     from relayllm.edge.token_router import dense_features, slm_hidden_state
-    from relayllm.training.router_features import feature_spec_for, sequence_features
+    from relayllm.training.routers.features import feature_spec_for, sequence_features
 
     spec = feature_spec_for(mini.slm)
     ids = mini_llama.tokenize(b"What is 47 + 38? Carry the 1.", add_bos=False)
@@ -110,8 +110,8 @@ def test_hidden_state_needs_an_embedding_context(mini):
 
 @pytest.fixture(scope="session")
 def exported_router(mini, tmp_path_factory):
-    from relayllm.training.router_export import export_onnx
-    from relayllm.training.router_features import RouterNet, feature_spec_for
+    from relayllm.training.routers.onnx_export import export_onnx
+    from relayllm.training.routers.features import RouterNet, feature_spec_for
 
     spec = feature_spec_for(mini.slm)
     torch.manual_seed(3)
@@ -122,7 +122,7 @@ def exported_router(mini, tmp_path_factory):
 
 
 def test_onnx_export_parity_with_torch_router(exported_router):
-    from relayllm.training.router_export import export_parity
+    from relayllm.training.routers.onnx_export import export_parity
 
     net, path = exported_router
     diff = export_parity(net, path, n=512)
@@ -152,7 +152,7 @@ def test_edge_router_decides_from_llama_cpp_state(mini, mini_llama, exported_rou
 
 def test_benchmark_router_has_the_slms_sizes_and_runs_beside_it(mini, tmp_path):
     from relayllm.edge.token_router import TokenRouter, benchmark_router_vs_decode
-    from relayllm.training.router_export import untrained_router_for
+    from relayllm.training.routers.onnx_export import untrained_router_for
 
     path = untrained_router_for(mini.gguf, tmp_path / "bench.onnx", hidden=8)
     router = TokenRouter(path)
@@ -204,7 +204,7 @@ class ScriptedLM:
 
 
 def test_r2r_labels_divergent_only_where_the_answer_changes():
-    from relayllm.training.r2r import AGREE, DIVERGENT, NEUTRAL, label_prompt
+    from relayllm.training.routers.r2r import AGREE, DIVERGENT, NEUTRAL, label_prompt
 
     # The LLM answers 10 11 12 EOS; an answer is right when it contains 12.
     llm = ScriptedLM({1: 10, 10: 11, 11: 12, 12: 2, 20: 12, 21: 2})
@@ -219,7 +219,7 @@ def test_r2r_labels_divergent_only_where_the_answer_changes():
 
 
 def test_citer_shortcut_labels_and_rollouts():
-    from relayllm.training.citer import LLM_MATCHES, ROLLED_OUT, SLM_MATCHES, label_prompt
+    from relayllm.training.routers.citer import LLM_MATCHES, ROLLED_OUT, SLM_MATCHES, label_prompt
 
     reference = [10, 11, 12, 13, 2]
     right = lambda resp: 13 in resp
@@ -242,14 +242,14 @@ def test_citer_shortcut_labels_and_rollouts():
 
 def test_r2r_and_citer_pipelines_train_and_export(mini, mini_llama, tmp_path):
     from relayllm.edge.token_router import TokenRouter
-    from relayllm.training.citer import train_citer
-    from relayllm.training.r2r import train_r2r
+    from relayllm.training.routers.citer import train_citer
+    from relayllm.training.routers.r2r import train_r2r
 
     tok = mini.tok
     prompts = [tok.encode(f"{a} + {b} =") for a, b in [(3, 4), (12, 30), (7, 8), (25, 17), (40, 2), (9, 9)]]
     # The SLM's own greedy answer counts as right: disagreements with the LLM then change
     # correctness, so there are positives to learn from.
-    from relayllm.training.router_features import HFGreedyLM
+    from relayllm.training.routers.features import HFGreedyLM
 
     slm = HFGreedyLM(mini.slm)
     graders = []
@@ -308,7 +308,7 @@ def test_router_fires_while_the_cloud_is_down_the_slm_writes_and_the_result_is_d
 
 
 def test_eval_r2r_mode_through_the_cloud_counts_llm_tokens(mini, exported_router):
-    from relayllm.training import evaluate as E
+    from relayllm.training import eval as E
 
     _, path = exported_router
     examples = [E.Example("12 + 30 =", "42"), E.Example("7 + 8 =", "15")]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from relayllm.training import grading, task
+from relayllm.training.data import grading, task
 
 
 def test_gold_solution_adds_column_by_column_lsd_first():
@@ -56,7 +56,7 @@ def test_generator_is_reproducible_and_excludes():
 
 def test_prompt_uses_few_distinct_smollm2_tokens():
     # every character of the alphabet is one token of SmolLM2 (digits are split one by one)
-    from relayllm.training.tiny_models import load_tokenizer, task_token_ids
+    from relayllm.training.models.tiny_models import load_tokenizer, task_token_ids
 
     tok = load_tokenizer()
     ids = task_token_ids(tok)

@@ -10,9 +10,9 @@ import pytest
 import relay_models as rm
 import torch
 
-from relayllm.training import warmup
+from relayllm.training.relay import warmup
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay_parts import command_ids, load_checkpoint
+from relayllm.training.relay.checkpoints import command_ids, load_checkpoint
 
 
 @pytest.fixture(scope="module")

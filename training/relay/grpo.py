@@ -11,7 +11,7 @@ The LLM's tokens are not the policy's actions: the rollout returns `env_mask` (0
 which TRL multiplies into the loss mask, so they carry no policy gradient and no KL. With
 `mask_llm_tokens=False` they are kept, as in the reference, to compare.
 
-Rewards: training/rewards.py ("table" per prompt group, or "simple"). Logged per step
+Rewards: training/relay/rewards.py ("table" per prompt group, or "simple"). Logged per step
 (trainer log and `metrics.jsonl` in the output folder): reward, accuracy, calls per
 sample, call ratio, LLM token ratio, KL, and TRL's own figures.
 """
@@ -19,19 +19,17 @@ sample, call ratio, LLM token ratio, KL, and TRL's own figures.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from relayllm.protos.grammar import command_at_end_of_ids
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay_parts import (
-    CloudLLM,
-    LocalLLM,
-    add_command_tokens,
-    load_checkpoint,
-)
-from relayllm.training.rewards import REWARDS, Rollout, group_rewards
+from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
+from relayllm.training.relay.config import GrpoConfig
+from relayllm.training.relay.helper_llm import CloudLLM, LocalLLM
+from relayllm.training.relay.rewards import REWARDS, Rollout, group_rewards
 
 DONE_MARK = "grpo_done.json"
 METRICS_FILE = "metrics.jsonl"
@@ -58,11 +56,11 @@ class RelayRollout:
         completion, logps, authors = [], [], []
         calls = requested = 0
         self.helper.new_sample()
-        res = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        res = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
         cache, logits = res.past_key_values, res.logits[0, -1]
         while len(completion) < self.max_tokens:
             logp = torch.log_softmax(logits.float() / self.temperature, -1)
-            token = int(torch.multinomial(logp.exp(), 1, generator=generator))
+            token = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))  # CPU generator
             completion.append(token)
             logps.append(float(logp[token]))
             authors.append(0)
@@ -77,7 +75,7 @@ class RelayRollout:
                 calls += 1
                 requested += n
                 feed += written
-            res = model(input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True)
+            res = model(input_ids=torch.tensor([feed], device=model.device), past_key_values=cache, use_cache=True)
             cache = res.past_key_values
             # row i of the chunk predicts feed[i + 1]: the policy's log-prob of each LLM token
             for i, w in enumerate(feed[1:]):
@@ -126,17 +124,19 @@ class RelayReward:
     """GRPO reward function: the brief's table per prompt group, or accuracy - lam * call_ratio.
     Also logs accuracy, calls, call ratio and LLM token ratio through TRL's `log_metric`."""
 
-    def __init__(self, kind: str = "table", lam: float = 0.5):
+    def __init__(self, kind: str = "table", lam: float = 0.5, grader=None):
         if kind not in REWARDS:
             raise TrainingError(f"unknown reward {kind!r}: choose one of {REWARDS}")
-        self.kind, self.lam = kind, lam
+        if grader is None:  # the built-in task's; a QuestionSet brings its own (math-verify for JSONL data)
+            from relayllm.training.data import task
+
+            grader = task.grade
+        self.kind, self.lam, self.grader = kind, lam, grader
         self.__name__ = f"relay_{kind}"
 
     def __call__(self, prompts, completions, completion_ids, answer, relay_calls, relay_requested,
                  relay_llm_tokens, log_metric=None, **_) -> list[float]:
-        from relayllm.training import task
-
-        rollouts = [Rollout(correct=task.grade(c, a), calls=k, requested=n, length=len(ids))
+        rollouts = [Rollout(correct=bool(self.grader(c, a)), calls=k, requested=n, length=len(ids))
                     for c, a, k, n, ids in zip(completions, answer, relay_calls, relay_requested, completion_ids)]
         rewards, cases = group_rewards(rollouts, list(prompts), kind=self.kind, lam=self.lam)
         if log_metric is not None:
@@ -172,16 +172,17 @@ def _truncate_metrics(path: Path, upto_step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable_only: bool, progress: bool):
+def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable_only: bool, progress: bool, *,
+                 questions=None, grader=None, max_tokens: int = 64):
     """Training prompts (text, answer); by default only those the LLM solves greedily."""
-    from relayllm.training.warmup import _rows, greedy_ids
+    from relayllm.training.relay.warmup import _rows, greedy_ids
 
-    pairs = _rows(rows, None, None, n_prompts * (2 if solvable_only else 1), seed)
+    pairs = _rows(rows, None, None, n_prompts * (2 if solvable_only else 1), seed, questions=questions,
+                  tokenizer=tokenizer)
     if solvable_only and llm_model is not None:
-        from relayllm.training import task
-
-        sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs], 64)
-        pairs = [pa for pa, s in zip(pairs, sols) if task.grade(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
+        sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs],
+                          max_tokens)
+        pairs = [pa for pa, s in zip(pairs, sols) if grader(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
     if not pairs:
         raise TrainingError("no GRPO training prompt (the LLM solved none)")
     return pairs[:n_prompts]
@@ -190,7 +191,8 @@ def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable
 def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, group_size: int = 8,
                  prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
                  lr: float = 1e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
-                 max_tokens: int = 64, max_calls: int = 2, seed: int = 0, progress: bool = True, save_steps: int = 10):
+                 max_tokens: int = 64, max_calls: int = 2, seed: int = 0, progress: bool = True, save_steps: int = 10,
+                 grader=None):
     """TRL GRPOTrainer with the relay rollout and reward (CPU when there is no GPU)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -211,7 +213,7 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in pairs])
     rollout = RelayRollout(tokenizer, helper, max_tokens=max_tokens, max_calls=max_calls, temperature=temperature,
                            mask_llm_tokens=mask_llm_tokens, seed=seed)
-    trainer = GRPOTrainer(model=model, reward_funcs=[RelayReward(reward, lam)], args=args, train_dataset=dataset,
+    trainer = GRPOTrainer(model=model, reward_funcs=[RelayReward(reward, lam, grader)], args=args, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout,
                           callbacks=[_metrics_callback(out_dir / METRICS_FILE)])
     return trainer
@@ -228,14 +230,14 @@ def make_helper(llm, tokenizer, *, temperature: float = 0.7):
     return LocalLLM(model, tokenizer, temperature=temperature), model
 
 
-def run_grpo(slm, llm, out_dir, *, rows=None, n_prompts: int | None = None, steps: int = 12, group_size: int = 8,
-             prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
-             lr: float = 2e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
-             llm_temperature: float = 0.7, max_tokens: int = 64, max_calls: int = 2, llm_solvable_only: bool = True,
-             seed: int = 0, progress: bool = True, resume: bool = True, save_steps: int = 10) -> Path:
+def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=None, rows=None, seed: int = 0,
+             progress: bool = True, resume: bool = True, **fields) -> Path:
     """GRPO on the SLM at `slm` (HF folder, e.g. the warm-up's output) with the helper LLM
     `llm` (HF folder for in process, or "grpc://host:port" for the cloud service). The
     trained checkpoint goes to `out_dir` (returned), with `metrics.jsonl` (one line per step).
+    `config`: training/relay/config.py GrpoConfig (`fields` override its keys); the
+    questions: a QuestionSet (`questions`, graded by its grader), task rows, or by default
+    the built-in task's train split.
 
     `lr` and `steps` default to values for the project's tiny models (8-15 s a step on 2
     busy CPU cores); the reference: lr 1e-6 on 1.7B, KL 1e-2, clip 0.2, 8 samples a prompt.
@@ -243,16 +245,21 @@ def run_grpo(slm, llm, out_dir, *, rows=None, n_prompts: int | None = None, step
     from transformers import set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    c = replace(config or GrpoConfig(), **fields) if fields else (config or GrpoConfig())
+    rows = rows if rows is not None else c.rows
     out_dir = Path(out_dir)
     if resume and (out_dir / DONE_MARK).is_file():
         return out_dir
-    if reward not in REWARDS:
-        raise TrainingError(f"unknown reward {reward!r}: choose one of {REWARDS}")
     set_seed(seed)
+    grader = questions.grader if questions is not None else None
+    if grader is None:
+        from relayllm.training.data import task
+
+        grader = task.grade
     model, tokenizer = load_checkpoint(slm, what="SLM")
-    helper, llm_model = make_helper(llm, tokenizer, temperature=llm_temperature)
-    pairs = _prompt_rows(llm_model, tokenizer, rows, n_prompts or steps * prompts_per_step, seed,
-                         llm_solvable_only, progress)
+    helper, llm_model = make_helper(llm, tokenizer, temperature=c.llm_temperature)
+    pairs = _prompt_rows(llm_model, tokenizer, rows, c.n_prompts or c.steps * c.prompts_per_step, seed,
+                         c.llm_solvable_only, progress, questions=questions, grader=grader, max_tokens=c.max_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(out_dir)) if resume else None
     metrics = out_dir / METRICS_FILE
@@ -260,10 +267,11 @@ def run_grpo(slm, llm, out_dir, *, rows=None, n_prompts: int | None = None, step
         _truncate_metrics(metrics, int(Path(last).name.split("-")[-1]))
     elif metrics.exists():
         metrics.unlink()
-    trainer = make_trainer(model, tokenizer, helper, pairs, out_dir, steps=steps, group_size=group_size,
-                           prompts_per_step=prompts_per_step, reward=reward, lam=lam, mask_llm_tokens=mask_llm_tokens,
-                           lr=lr, kl=kl, clip=clip, temperature=temperature, max_tokens=max_tokens,
-                           max_calls=max_calls, seed=seed, progress=progress, save_steps=save_steps)
+    trainer = make_trainer(model, tokenizer, helper, pairs, out_dir, steps=c.steps, group_size=c.group_size,
+                           prompts_per_step=c.prompts_per_step, reward=c.reward, lam=c.lam,
+                           mask_llm_tokens=c.mask_llm_tokens, lr=c.lr, kl=c.kl, clip=c.clip,
+                           temperature=c.temperature, max_tokens=c.max_tokens, max_calls=c.max_calls, seed=seed,
+                           progress=progress, save_steps=c.save_steps, grader=grader)
     try:
         trainer.train(resume_from_checkpoint=last)
     finally:
@@ -271,8 +279,9 @@ def run_grpo(slm, llm, out_dir, *, rows=None, n_prompts: int | None = None, step
             helper.close()
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    summary = {"steps": trainer.state.global_step, "reward": reward, "mask_llm_tokens": mask_llm_tokens,
+    summary = {"steps": trainer.state.global_step, "reward": c.reward, "mask_llm_tokens": c.mask_llm_tokens,
                "helper_calls": helper.stats.calls, "helper_tokens": helper.stats.tokens, "resumed_from": last,
-               "group_size": group_size, "prompts_per_step": prompts_per_step, "lr": lr, "kl": kl, "seed": seed}
+               "group_size": c.group_size, "prompts_per_step": c.prompts_per_step, "lr": c.lr, "kl": c.kl,
+               "seed": seed, "config": asdict(c)}
     (out_dir / DONE_MARK).write_text(json.dumps(summary, indent=1))
     return out_dir

@@ -70,34 +70,26 @@ class R2RReport:
     held_out: dict = field(default_factory=dict)
 
 
-def build_router_data(paths: Sequence[LabelledPath], slm_model, spec):
-    """The SLM's features along each labelled path (teacher forcing), with the path labels."""
-    from relayllm.training.router_features import RouterData, sequence_features
-
-    parts = []
-    for p in paths:
-        if not p.response_ids:
-            continue
-        feats = sequence_features(slm_model, p.prompt_ids + p.response_ids, spec, start=len(p.prompt_ids) - 1)
-        n = len(p.response_ids)
-        parts.append(RouterData(feats.dense[:n], feats.greedy[:n].astype(np.int64), p.labels))
-    return RouterData.concat(parts, spec)
-
-
 def train_r2r(slm_model, llm_model, prompts: Sequence[tuple[list[int], Callable[[list[int]], bool]]], *,
               out_path, eos_token_id: int | None = None, max_new: int = 128, hidden: int = 64, epochs: int = 40,
               held_out: float = 0.25, seed: int = 0, progress: bool = True) -> R2RReport:
     """Label `prompts` ((prompt ids, grader of response ids) pairs), train, export ONNX to `out_path`."""
     from tqdm.auto import tqdm
 
-    from relayllm.training.router_export import export_onnx
-    from relayllm.training.router_features import HFGreedyLM, feature_spec_for, precision_recall, train_router
+    from relayllm.training.routers.onnx_export import export_onnx
+    from relayllm.training.routers.features import (
+        HFGreedyLM,
+        feature_spec_for,
+        labelled_data,
+        precision_recall,
+        train_router,
+    )
 
     slm, llm = HFGreedyLM(slm_model, eos_token_id), HFGreedyLM(llm_model, eos_token_id)
     paths = [label_prompt(ids, slm, llm, grade, max_new=max_new)
              for ids, grade in tqdm(prompts, desc="r2r labels", unit="prompt", disable=not progress)]
     spec = feature_spec_for(slm_model)
-    data = build_router_data(paths, slm_model, spec)
+    data = labelled_data(slm_model, spec, ((p.prompt_ids, p.response_ids, p.labels) for p in paths))
     train, test = data.split(held_out, seed)
     table = slm_model.get_input_embeddings().weight
     net = train_router(train, spec, table, hidden=hidden, epochs=epochs, seed=seed, progress=progress)

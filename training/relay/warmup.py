@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay_parts import add_command_tokens, command_ids, load_checkpoint
+from relayllm.training.relay.checkpoints import add_command_tokens, command_ids, load_checkpoint
+from relayllm.training.relay.config import WARMUP_STRATEGIES as STRATEGIES
+from relayllm.training.relay.config import WarmupConfig
 
-STRATEGIES = ("random", "guided")
 DONE_MARK = "warmup_done.json"
 DATA_FILE = "warmup_data.jsonl"
 
@@ -83,14 +84,19 @@ def clean_context_rows(ex: WarmupExample, open_id: int, close_id: int) -> list[W
 # Data
 
 
-def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt text, answer) pairs from task rows, explicit lists, or the task's train split."""
+def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: int = 0, *, questions=None,
+          tokenizer=None) -> list[tuple[str, str]]:
+    """(prompt text, answer) pairs from a QuestionSet (training/data/benchmark.py, shown in
+    `tokenizer`'s format), task rows, explicit lists, or the task's train split; explicit
+    prompts or rows win over the QuestionSet."""
+    if questions is not None and prompts is None and rows is None:
+        return questions.pairs(tokenizer, n_examples)
     if prompts is not None:
         if answers is None or len(answers) != len(prompts):
             raise TrainingError("prompts and answers must be given together, one answer per prompt")
         return [(str(p), str(a)) for p, a in zip(prompts, answers)]
     if rows is None:
-        from relayllm.training import task
+        from relayllm.training.data import task
 
         rows = task.train_split()[:n_examples]
     out = []
@@ -104,12 +110,6 @@ def _rows(rows=None, prompts=None, answers=None, n_examples: int = 512, seed: in
     return out
 
 
-def _grade(text: str, answer: str) -> bool:
-    from relayllm.training import task
-
-    return task.grade(text, answer)
-
-
 @torch.no_grad()
 def greedy_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch: int = 64) -> list[list[int]]:
     """Greedy completions as token ids, cut after the first EOS (EOS kept)."""
@@ -118,8 +118,8 @@ def greedy_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: in
     for start in range(0, len(prompt_ids), batch):
         chunk = prompt_ids[start : start + batch]
         width = max(map(len, chunk))
-        ids = torch.tensor([[eos] * (width - len(p)) + p for p in chunk])  # left padding
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        ids = torch.tensor([[eos] * (width - len(p)) + p for p in chunk], device=model.device)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=eos, eos_token_id=eos)
         for row in gen[:, width:].tolist():
@@ -131,7 +131,7 @@ def greedy_ids(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: in
 def teacher_forced_greedy(model, prompt_ids: list[int], path: list[int], *, with_top_prob: bool = False):
     """The model's greedy token at each position of `path`, given prompt + path before it
     (and, with `with_top_prob`, the probability of that token)."""
-    ids = torch.tensor([prompt_ids + path])
+    ids = torch.tensor([prompt_ids + path], device=model.device)
     logits = model(input_ids=ids).logits[0]
     rows = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(path)].float()
     greedy = rows.argmax(-1).tolist()
@@ -180,8 +180,14 @@ def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: 
 
 def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strategy: str = "guided", n_call: int = 4,
                    max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True,
-                   call_below: float = 0.0) -> list[WarmupExample]:
-    """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies)."""
+                   call_below: float = 0.0, grader=None, solved_only: bool = True) -> list[WarmupExample]:
+    """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies).
+    `grader(text, answer)`: the built-in task's by default; `solved_only=False` keeps
+    solutions that miss the answer too."""
+    if grader is None:
+        from relayllm.training.data import task
+
+        grader = task.grade
     from tqdm.auto import tqdm
 
     if strategy not in STRATEGIES:
@@ -195,7 +201,7 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
     examples = []
     for (prompt_text, answer), p_ids, sol in tqdm(list(zip(pairs, prompts, solutions)), desc=f"warm-up data ({strategy})",
                                                  disable=not progress, mininterval=1.0):
-        if not _grade(tokenizer.decode(sol, skip_special_tokens=True), answer):
+        if solved_only and not grader(tokenizer.decode(sol, skip_special_tokens=True), answer):
             continue  # only solutions that reach the right answer
         if strategy == "random":
             ex = insert_random(sol, tokenizer, rng, n_call=n_call, max_calls=max_calls)
@@ -232,20 +238,21 @@ def make_trainer(model, tokenizer, examples: list[WarmupExample], out_dir, *, tr
     args = SFTConfig(
         output_dir=str(out_dir), num_train_epochs=epochs, max_steps=max_steps, learning_rate=lr,
         per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
-        logging_steps=5, save_steps=save_steps, save_total_limit=2, report_to="none", use_cpu=True, seed=seed,
+        logging_steps=5, save_steps=save_steps, save_total_limit=2, report_to="none",
+        use_cpu=not torch.cuda.is_available(), seed=seed,
         data_seed=seed, completion_only_loss=True, max_length=None, disable_tqdm=not progress,
         dataloader_num_workers=0, weight_decay=0.0, dataset_num_proc=None,
     )
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
-def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_examples: int = 1024,
-               strategy: str = "guided", n_call: int = 4, max_calls: int = 3, call_below: float = 0.6,
-               train_llm_tokens: bool = False, clean_context: bool = True,
-               epochs: float = 1.0, steps: int = 80, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
-               progress: bool = True, resume: bool = True, save_steps: int = 20) -> Path:
-    """Warm up the SLM at `slm` (HF checkpoint folder) with the LLM at `llm`; the trained
-    checkpoint (with tokenizer, command tokens added) goes to `out_dir`, which is returned.
+def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questions=None, rows=None, prompts=None,
+               answers=None, seed: int = 0, progress: bool = True, resume: bool = True, **fields) -> Path:
+    """Warm up the SLM at `slm` (HF checkpoint folder or GGUF file) with the LLM at `llm`; the
+    trained checkpoint (with tokenizer, command tokens added) goes to `out_dir`, which is
+    returned. `config` (training/relay/config.py WarmupConfig; `fields` override its keys);
+    the questions: a QuestionSet (`questions`), task rows, prompts + answers, or by default
+    the built-in task's train split.
 
     The defaults are for the project's tiny models (the paper: 2e-5, one epoch, on 1.7B),
     measured on the default pair (60-100 held-out questions, base SLM 52-53%):
@@ -262,6 +269,8 @@ def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_ex
     """
     from transformers import set_seed
 
+    c = replace(config or WarmupConfig(), **fields) if fields else (config or WarmupConfig())
+    rows = rows if rows is not None else c.rows
     out_dir = Path(out_dir)
     if resume and (out_dir / DONE_MARK).is_file():
         return out_dir
@@ -272,27 +281,30 @@ def run_warmup(slm, llm, out_dir, *, rows=None, prompts=None, answers=None, n_ex
     if resume and data_file.is_file():
         examples = [WarmupExample(**json.loads(line)) for line in data_file.read_text().splitlines()]
     else:
-        llm_model = load_checkpoint(llm, what="LLM")[0] if strategy == "guided" else None
-        pairs = _rows(rows, prompts, answers, n_examples, seed)
-        examples = build_examples(model, llm_model, tokenizer, pairs, strategy=strategy, n_call=n_call,
-                                  max_calls=max_calls, seed=seed, progress=progress, call_below=call_below)
-        if clean_context and strategy == "guided":
+        llm_model = load_checkpoint(llm, what="LLM")[0] if c.strategy == "guided" else None
+        pairs = _rows(rows, prompts, answers, c.n_examples, seed, questions=questions, tokenizer=tokenizer)
+        examples = build_examples(model, llm_model, tokenizer, pairs, strategy=c.strategy, n_call=c.n_call,
+                                  max_calls=c.max_calls, seed=seed, progress=progress, call_below=c.call_below,
+                                  max_new_tokens=c.max_new_tokens, solved_only=c.solved_only,
+                                  grader=questions.grader if questions is not None else None)
+        del llm_model
+        if c.clean_context and c.strategy == "guided":
             open_id, close_id = add_command_tokens(tokenizer)
             examples = [row for ex in examples for row in clean_context_rows(ex, open_id, close_id)]
         out_dir.mkdir(parents=True, exist_ok=True)
         data_file.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
-    trainer = make_trainer(model, tokenizer, examples, out_dir, train_llm_tokens=train_llm_tokens, epochs=epochs,
-                           max_steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=progress,
-                           save_steps=save_steps)
+    trainer = make_trainer(model, tokenizer, examples, out_dir, train_llm_tokens=c.train_llm_tokens, epochs=c.epochs,
+                           max_steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=seed, progress=progress,
+                           save_steps=c.save_steps)
     last = _last_checkpoint(out_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {"strategy": strategy, "examples": len(examples), "calls": sum(e.calls for e in examples),
+    summary = {"strategy": c.strategy, "examples": len(examples), "calls": sum(e.calls for e in examples),
                "llm_tokens": sum(sum(e.llm_mask) for e in examples), "steps": trainer.state.global_step,
                "train_loss": result.training_loss, "loss_first": losses[0] if losses else None,
                "loss_last": losses[-1] if losses else None, "losses": losses, "resumed_from": last,
-               "train_llm_tokens": train_llm_tokens, "n_call": n_call, "call_below": call_below, "clean_context": clean_context, "lr": lr, "seed": seed}
+               "seed": seed, "config": asdict(c)}
     (out_dir / DONE_MARK).write_text(json.dumps(summary, indent=1))
     return out_dir

@@ -84,7 +84,7 @@ class RouterRollout:
     def __call__(self, ids, max_new: int) -> list[int]:
         import torch
 
-        from relayllm.training.router_features import sequence_features
+        from relayllm.training.routers.features import sequence_features
 
         seq, new = list(ids), []
         for _ in range(max(0, max_new)):
@@ -118,16 +118,9 @@ class CiterReport:
 
 
 def _router_data(paths, slm_model, spec):
-    from relayllm.training.router_features import RouterData, sequence_features
+    from relayllm.training.routers.features import labelled_data
 
-    parts = []
-    for p in paths:
-        if not p.reference_ids:
-            continue
-        feats = sequence_features(slm_model, p.prompt_ids + p.reference_ids, spec, start=len(p.prompt_ids) - 1)
-        n = len(p.reference_ids)
-        parts.append(RouterData(feats.dense[:n], feats.greedy[:n].astype(np.int64), p.labels))
-    return RouterData.concat(parts, spec)
+    return labelled_data(slm_model, spec, ((p.prompt_ids, p.reference_ids, p.labels) for p in paths))
 
 
 def train_citer(slm_model, llm_model, examples: Sequence[tuple[list[int], list[int], Callable[[list[int]], bool]]],
@@ -140,8 +133,8 @@ def train_citer(slm_model, llm_model, examples: Sequence[tuple[list[int], list[i
     """
     from tqdm.auto import tqdm
 
-    from relayllm.training.router_export import export_onnx
-    from relayllm.training.router_features import HFGreedyLM, feature_spec_for, precision_recall, train_router
+    from relayllm.training.routers.onnx_export import export_onnx
+    from relayllm.training.routers.features import HFGreedyLM, feature_spec_for, precision_recall, train_router
 
     slm, llm = HFGreedyLM(slm_model, eos_token_id), HFGreedyLM(llm_model, eos_token_id)
     spec = feature_spec_for(slm_model)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from relayllm.edge.token_router import MODE_KEY, SPEC_KEY, load_session
-from relayllm.training.router_features import RouterNet
+from relayllm.training.routers.features import RouterNet
 
 EXTRA_KEY = "relayllm.router_info"
 
@@ -70,13 +70,3 @@ def untrained_router_for(slm_gguf: str | Path, path: str | Path, *, hidden: int 
     net = RouterNet(spec, torch.randn(vocab, width) * 0.02, hidden=hidden)
     return export_onnx(net, path, mode="untrained", info={"note": "random weights, for benchmarks"})
 
-
-def router_cost_ratio(slm_gguf: str | Path, *, steps: int = 64, workdir: str | Path | None = None, printer=print) -> dict:
-    """Benchmark entry point: one router step (features + ONNX) vs one SLM decode step on `slm_gguf`."""
-    import tempfile
-
-    from relayllm.edge.token_router import benchmark_router_vs_decode
-
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        router = untrained_router_for(slm_gguf, Path(tmp) / "router.onnx")
-        return benchmark_router_vs_decode(router, slm_gguf, steps=steps, printer=printer)

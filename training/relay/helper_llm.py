@@ -1,61 +1,19 @@
-"""Pieces shared by the relay training (warm-up and GRPO).
+"""The helper LLM of the relay training: writes the N tokens a `<call>N</call>` asks for.
 
-- The command `<call>N</call>` as two added, non-special tokens around N's digits, so the
-  SLM learns it as single tokens and the edge detects it by id (or as text, either way).
-- Loading an HF checkpoint folder (model + tokenizer), making sure the command tokens are
-  in the tokenizer and the embeddings cover them.
-- The helper LLM that writes the N tokens of a call: in process (an HF model) or through
-  the project's gRPC cloud (relayllm.edge.client.CloudClient). Both get the context with
-  every command removed, as a raw completion, exactly as at inference.
+In process (an HF model, LocalLLM) or through the project's gRPC cloud
+(relayllm.edge.client.CloudClient, CloudLLM). Both get the context with every command
+removed, as a raw completion, exactly as at inference. Used by GRPO's rollouts
+(training/relay/grpo.py); the warm-up runs the LLM directly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from relayllm.protos.grammar import COMMAND_TOKENS, remove_command_ids
-from relayllm.training.errors import TrainingError
-
-
-def add_command_tokens(tokenizer, model=None) -> tuple[int, int]:
-    """Add `<call>`/`</call>` (non-special) when missing, resize the embeddings to cover them.
-    Returns their ids."""
-    missing = [t for t in COMMAND_TOKENS if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    open_id, close_id = tokenizer.convert_tokens_to_ids(list(COMMAND_TOKENS))
-    return open_id, close_id
-
-
-def command_ids(tokenizer, n: int) -> list[int]:
-    """Token ids of `<call>N</call>`: the open token, N's digits, the close token."""
-    open_id, close_id = tokenizer.convert_tokens_to_ids(list(COMMAND_TOKENS))
-    return [open_id, *tokenizer.encode(str(int(n)), add_special_tokens=False), close_id]
-
-
-def load_checkpoint(path, *, what: str = "model"):
-    """(model, tokenizer) from an HF checkpoint folder, command tokens ensured, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise TrainingError(f"{what}: not an HF checkpoint folder (no config.json): {path}")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    add_command_tokens(tokenizer, model)
-    model.eval()
-    return model, tokenizer
-
-
-# ---------------------------------------------------------------------------------------
-# The helper LLM
+from relayllm.protos.grammar import remove_command_ids
+from relayllm.training.relay.checkpoints import add_command_tokens
 
 
 @dataclass
@@ -77,11 +35,6 @@ class LocalLLM:
     def new_sample(self) -> None:
         """A rollout starts (nothing to do in process)."""
 
-    @classmethod
-    def from_dir(cls, path, **kw) -> "LocalLLM":
-        model, tokenizer = load_checkpoint(path, what="LLM")
-        return cls(model, tokenizer, **kw)
-
     @torch.no_grad()
     def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
         """Up to `n` tokens continuing `context` (commands removed first); stops after EOS."""
@@ -89,19 +42,19 @@ class LocalLLM:
         eos = self.tokenizer.eos_token_id
         out: list[int] = []
         cache = None
-        feed = torch.tensor([ctx])
+        feed = torch.tensor([ctx], device=self.model.device)
         for _ in range(n):
             res = self.model(input_ids=feed, past_key_values=cache, use_cache=True)
             cache, logits = res.past_key_values, res.logits[0, -1]
             if self.temperature > 0:
                 probs = torch.softmax(logits / self.temperature, -1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+                token = int(torch.multinomial(probs.cpu(), 1, generator=generator))  # CPU generator
             else:
                 token = int(logits.argmax())
             out.append(token)
             if token == eos:
                 break
-            feed = torch.tensor([[token]])
+            feed = torch.tensor([[token]], device=self.model.device)
         self.stats.calls += 1
         self.stats.tokens += len(out)
         return out

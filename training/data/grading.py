@@ -2,7 +2,7 @@
 
 math-verify extracts the answer from a response (a `\\boxed{}` first, else the last
 number or expression) and compares it symbolically with the gold answer, so `0.5`,
-`1/2` and `\\frac{1}{2}` agree. The built-in task grades exactly (training/task.py).
+`1/2` and `\\frac{1}{2}` agree. The built-in task grades exactly (training/data/task.py).
 """
 
 from __future__ import annotations
@@ -37,3 +37,17 @@ def grade(response: str, gold: str) -> bool:
         return bool(verify(gold_parsed, answer))
     except Exception:  # math-verify can raise on odd expressions: an unreadable answer is wrong
         return False
+
+
+def make_grader(kind: str):
+    """(response, gold) -> correct: `exact` for the built-in task (training/data/task.py),
+    `math` (math-verify, boxed / final number) for math benchmarks."""
+    if kind == "exact":
+        from relayllm.training.data import task
+
+        return task.grade
+    if kind == "math":
+        return grade
+    from relayllm.training.errors import DataError
+
+    raise DataError(f"unknown grader {kind!r}: choose 'exact' or 'math'")

@@ -118,6 +118,20 @@ class RouterData:
         return pick(train), pick(test)
 
 
+def labelled_data(slm_model, spec: FeatureSpec, paths) -> RouterData:
+    """The SLM's features along labelled paths (teacher forcing), with their labels: one data
+    builder for R2R and CITER. `paths` yields (prompt ids, response ids, labels per response
+    token); the response is the LLM's greedy path (R2R) or the reference solution (CITER)."""
+    parts = []
+    for prompt_ids, response_ids, labels in paths:
+        if not response_ids:
+            continue
+        feats = sequence_features(slm_model, list(prompt_ids) + list(response_ids), spec, start=len(prompt_ids) - 1)
+        n = len(response_ids)
+        parts.append(RouterData(feats.dense[:n], feats.greedy[:n].astype(np.int64), labels))
+    return RouterData.concat(parts, spec)
+
+
 def train_router(data: RouterData, spec: FeatureSpec, token_table: torch.Tensor | None, *, hidden: int = 64,
                  epochs: int = 30, lr: float = 3e-3, batch_size: int = 256, balance: bool = True,
                  seed: int = 0, progress: bool = True) -> RouterNet:

@@ -1,0 +1,217 @@
+"""Answering questions in every mode through the edge SDK, and a cloud on loopback.
+
+The Evaluator loads each GGUF once, opens one CloudClient for every mode that needs the LLM,
+and answers a list of Examples with a RelayDecoder configured for the mode (the modes:
+training/eval/modes.py); `run_mode` grades each answer into a record
+(training/eval/records.py). `local_cloud` serves an LLM GGUF with the project's own cloud
+service on loopback for one run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from relayllm.training.data.benchmark import Example
+from relayllm.training.data.prompts import gguf_has_chat_template, user_message
+from relayllm.training.errors import EvalError
+from relayllm.training.eval.modes import DEFAULT_CALL_THRESHOLD
+from relayllm.training.eval.records import Grader, ModeRun, QuestionRecord, record_from_result
+
+
+def run_mode(examples: Sequence[Example], answer: Callable[[str], object], grader: Grader, *, mode: str,
+             setting: float | None = None, setting_name: str | None = None, progress: bool = True,
+             before_each: Callable[[int], None] | None = None,
+             prompt_of: Callable[[str], str] | None = None) -> ModeRun:
+    """Answer every example with `answer(question) -> Result` and grade it; `prompt_of(question)`
+    is the prompt as sent, kept in the record."""
+    from tqdm.auto import tqdm
+
+    desc = mode if setting is None else f"{mode} {setting_name}={setting:g}"
+    records: list[QuestionRecord] = []
+    start = time.perf_counter()
+    for i, ex in enumerate(tqdm(examples, desc=desc, unit="q", disable=not progress, leave=False)):
+        if before_each is not None:
+            before_each(i)
+        t0 = time.perf_counter()
+        result = answer(ex.question)
+        records.append(record_from_result(i, ex, result, grader, time.perf_counter() - t0,
+                                          prompt_of(ex.question) if prompt_of else ""))
+    return ModeRun(mode=mode, setting=setting, setting_name=setting_name, records=records,
+                   wall_s=time.perf_counter() - start)
+
+
+class Evaluator:
+    """Answers questions in every mode through the edge SDK's RelayDecoder.
+
+    Each GGUF is loaded once and shared by the modes that use it; one CloudClient serves
+    every mode that needs the LLM. How a question is shown (training/data/prompts.py):
+    `prompt(question)` is the raw format (the question itself by default; the built-in
+    task's own format for it); with an `instruction` (a str, "" for none), an SLM whose GGUF
+    has a chat template gets the question and the instruction as one user turn through that
+    template instead. Each record keeps the prompt as sent.
+    """
+
+    def __init__(self, *, cloud_target: str | None, grader: Grader, prompt: Callable[[str], str] | None = None,
+                 instruction: str | None = None, max_tokens: int = 256, max_calls: int = 4, seed: int = 0,
+                 progress: bool = True, n_ctx: int = 2048):
+        self.cloud_target = cloud_target
+        self.grader = grader
+        self.prompt = prompt or (lambda q: q)
+        self.instruction = instruction
+        self.max_tokens = max_tokens
+        self.max_calls = max_calls
+        self.seed = seed
+        self.progress = progress
+        self.n_ctx = n_ctx
+        self._models: dict[str, object] = {}
+        self._client = None
+
+    # -- parts --------------------------------------------------------------------------
+    def client(self):
+        if self.cloud_target is None:
+            raise EvalError("this mode needs the LLM: give --llm GGUF or --cloud HOST:PORT")
+        if self._client is None:
+            from relayllm.edge.client import CloudClient
+
+            self._client = CloudClient(self.cloud_target)
+        return self._client
+
+    def model(self, gguf: str | Path, *, embedding: bool = False):
+        """A llama.cpp model for `gguf`, loaded once (`embedding=True`: it also hands out hidden states)."""
+        path = str(Path(gguf).resolve())
+        key = (path, embedding)
+        if key not in self._models:
+            if not Path(gguf).is_file():
+                raise EvalError(f"model not found: {gguf}")
+            from relayllm.edge.models import quiet_llama
+
+            self._models[key] = quiet_llama(model_path=path, n_ctx=self.n_ctx, embedding=embedding)
+        return self._models[key]
+
+    def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None,
+                call_threshold: float | None = None):
+        """A RelayDecoder on `slm` (a GGUF path or an already loaded Llama)."""
+        from relayllm.edge import Limits, RelayDecoder
+
+        limits = Limits(max_calls=self.max_calls if max_calls is None else max_calls,
+                        max_total_tokens=self.max_tokens, max_llm_tokens=self.max_tokens)
+        llama = slm if hasattr(slm, "tokenize") else self.model(slm)
+        chat = self.instruction is not None and gguf_has_chat_template(llama)
+        return RelayDecoder(llama, cloud=self.client() if cloud else None, limits=limits, router=router,
+                            sampling=greedy_sampling(), call_threshold=call_threshold, chat=chat, n_ctx=self.n_ctx)
+
+    def text_for(self, decoder, question: str) -> str:
+        """What the decoder is given for `question` (before its chat template, when it applies one)."""
+        return user_message(question, self.instruction) if decoder.chat else self.prompt(question)
+
+    def close(self):
+        if self._client is not None and hasattr(self._client, "close"):
+            self._client.close()
+        self._client = None
+        for m in self._models.values():
+            if hasattr(m, "close"):
+                m.close()
+        self._models.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- modes --------------------------------------------------------------------------
+    def _run(self, examples, decoder, mode, setting=None, setting_name=None, before_each=None) -> ModeRun:
+        return run_mode(examples, lambda q: decoder.generate(self.text_for(decoder, q)), self.grader, mode=mode,
+                        setting=setting, setting_name=setting_name, progress=self.progress,
+                        before_each=before_each, prompt_of=lambda q: decoder.prompt_text(self.text_for(decoder, q)))
+
+    def run_slm(self, examples, slm) -> ModeRun:
+        return self._run(examples, self.decoder(slm, cloud=False, max_calls=0), "slm")
+
+    def run_llm(self, examples, slm) -> ModeRun:
+        """The LLM writes every token, through the cloud; tokens counted in the SLM's tokenizer."""
+        router = AlwaysLLM(self.max_tokens)
+        return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm")
+
+    def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD) -> ModeRun:
+        """The relay SLM decides when to call; `call_threshold` (see RelayDecoder) is its
+        knob between accuracy and LLM share, None = greedy alone decides."""
+        try:
+            dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold)
+        except ValueError as exc:  # not a relay SLM
+            raise EvalError(str(exc)) from None
+        if call_threshold is None:
+            return self._run(examples, dec, "relay")
+        return self._run(examples, dec, "relay", call_threshold, "call_threshold")
+
+    def run_random(self, examples, slm, p: float) -> ModeRun:
+        from relayllm.edge.routers import RandomRouter
+
+        router = RandomRouter(p, seed=self.seed)
+
+        def fresh_router(i):  # one random stream per question: its routing does not depend on order
+            router.reseed(self.seed * 100_003 + i)
+
+        dec = self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens)
+        return self._run(examples, dec, "random", p, "p", before_each=fresh_router)
+
+    def run_confidence(self, examples, slm, threshold: float) -> ModeRun:
+        from relayllm.edge.routers import ConfidenceRouter
+
+        dec = self.decoder(slm, cloud=True, router=ConfidenceRouter(threshold), max_calls=self.max_tokens)
+        return self._run(examples, dec, "confidence", threshold, "threshold")
+
+    def run_learned_router(self, examples, slm, router_file: str | Path, threshold: float, mode: str) -> ModeRun:
+        """R2R or CITER: an ONNX router reading the SLM's own signals (hidden state included)."""
+        from relayllm.edge.token_router import RouterError, TokenRouter
+
+        llama = self.model(slm, embedding=True)
+        try:
+            router = TokenRouter(router_file, threshold, llama=llama)
+        except RouterError as exc:
+            raise EvalError(str(exc)) from None
+        dec = self.decoder(llama, cloud=True, router=router, max_calls=self.max_tokens)
+        return self._run(examples, dec, mode, threshold, "threshold")
+
+    def run_query(self, slm_run: ModeRun, llm_run: ModeRun, share: float) -> ModeRun:
+        from relayllm.training.eval.modes import query_router_run
+
+        return query_router_run(slm_run, llm_run, share, seed=self.seed)
+
+
+def AlwaysLLM(max_tokens: int):
+    from relayllm.edge.routers import AlwaysLLMRouter
+
+    return AlwaysLLMRouter(run=max_tokens)
+
+
+def greedy_sampling():
+    """Greedy decoding on the SLM and the LLM: every mode is deterministic but for its router."""
+    from relayllm.edge import Sampling
+
+    return Sampling(temperature=0.0)
+
+
+class local_cloud:
+    """A cloud service on loopback serving `llm_gguf` with llama.cpp: `with local_cloud(p) as target: ...`."""
+
+    def __init__(self, llm_gguf: str | Path):
+        if not Path(llm_gguf).is_file():
+            raise EvalError(f"LLM model not found: {llm_gguf}")
+        self.llm_gguf = str(llm_gguf)
+        self._server = None
+
+    def __enter__(self) -> str:
+        from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+        from relayllm.cloud.server import ServerThread
+
+        self._server = ServerThread(LlamaCppBackend(self.llm_gguf))
+        self._server.__enter__()
+        return self._server.target
+
+    def __exit__(self, *exc):
+        if self._server is not None:
+            self._server.__exit__(*exc)
+            self._server = None
