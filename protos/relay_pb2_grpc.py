@@ -75,10 +75,16 @@ class RelayServicer:
         offset or checksum mismatch, tokenizer mismatch): the edge
         must resend the whole prefix (base_length = 0). Never
         answered with wrong text.
-        RESOURCE_EXHAUSTED   limits: sessions per tenant, concurrent streams, rate
-        UNAUTHENTICATED / PERMISSION_DENIED   bearer token missing, wrong, or the
-        session belongs to another tenant
-        DEADLINE_EXCEEDED / CANCELLED         the stream ends; generation stops
+        RESOURCE_EXHAUSTED   limits: sessions per tenant, concurrent calls (per tenant
+        and in all), rate, no free model slot within the
+        server's queue cap
+        UNAUTHENTICATED      bearer token missing or wrong. Session ids are scoped to
+        their tenant: another tenant's session is simply unknown
+        (FAILED_PRECONDITION), so no call learns which ids exist
+        DEADLINE_EXCEEDED / CANCELLED         the stream ends; generation stops. The
+        server caps a call's duration itself: past its cap a Help
+        ends with FINISH_REASON_DEADLINE
+        UNAVAILABLE          the service is draining (health NOT_SERVING) or down
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,28 +38,37 @@ def test_every_figure_has_a_peer_and_sane_values(mini_result):
         assert f["peer_value"] is not None and math.isfinite(f["peer_value"]) and f["peer_value"] >= 0, f
         assert f["ratio"] is None or f["ratio"] == pytest.approx(f["value"] / f["peer_value"]), f  # as printed
         assert f["ratio_how"] == "value / peer value"
-    assert mini_result["machine"]["gpu"] == bench.gpu_line()  # read from this machine
+    from relayllm.training.bench.edge import machine
+
+    here = machine()  # read from the machine, not written down
+    assert mini_result["machine"]["gpu"] == here["gpu"] and mini_result["machine"]["cpu_model"] == here["cpu_model"]
+    assert mini_result["machine"]["cpu_count"] == here["cpu_count"] > 0
     assert mini_result["table"].count("\n") >= len(mini_result["figures"])
 
 
 def test_the_gpu_line_is_read_from_the_machine(tmp_path, monkeypatch):
     """No nvidia-smi: says so; an nvidia-smi that lists a GPU: that GPU (a script standing in
-    for the driver's tool, since this machine has none)."""
+    for the driver's tool, since this machine has none); a failing one: no GPU."""
+    from relayllm.training.bench.edge import machine
+
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert bench.gpu_line() == "no GPU found (no nvidia-smi on PATH)"
+    assert machine()["gpu"].startswith("no GPU found")
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-1234)'\n")
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 143771 MiB'\n")
     smi.chmod(0o755)
-    assert bench.gpu_line() == "GPU 0: NVIDIA H200 (UUID: GPU-1234)"
+    assert machine()["gpu"] == "NVIDIA H200, 143771 MiB"
     smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
-    assert bench.gpu_line().startswith("no GPU found (nvidia-smi exit 9: NVIDIA-SMI has failed")
+    assert machine()["gpu"].startswith("no GPU found")
 
 
 def test_llama_cpp_baselines(mini_result):
     edge = mini_result["edge"]
     assert edge["decode"]["llama_cpp"]["tokens"] == 24  # greedy, no EOS within 24 tokens
     assert edge["decode"]["llama_cpp"]["decode_tok_s"] > 0
-    assert edge["splice"]["by_tokens"]["8"]["batch_s"] > 0
+    splice = edge["splice"]
+    row = splice["by_tokens"]["8"]
+    assert row["sdk_s"] > 0 and row["reeval_s"] > 0
+    assert row["evaluated_sdk"] == 8 and row["evaluated_reeval"] == splice["prefix_tokens"] + 8
     raw = edge["footprint"]["SmolLM2-135M"]["llama.cpp"]
     assert "error" not in raw, raw
     assert raw["tokens"] == 8

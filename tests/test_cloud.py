@@ -25,7 +25,7 @@ TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b"}
 
 @pytest.fixture(scope="module")
 def backend(smollm2_path):
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4, n_threads=1)
     yield backend
@@ -34,7 +34,8 @@ def backend(smollm2_path):
 
 @pytest.fixture(scope="module")
 def cloud(backend):
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
 
     with ServerThread(backend, config=ServerConfig(max_tokens_per_call=32, max_context_tokens=400)) as server:
         yield server
@@ -196,7 +197,8 @@ def test_bad_requests_get_clear_statuses_and_the_server_keeps_serving(cloud, bac
 
 
 def test_auth_and_tenants(backend):
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient, CloudError
 
     with ServerThread(backend, config=ServerConfig(tokens=dict(TOKENS))) as server:
@@ -229,7 +231,8 @@ def _self_signed(tmp_path):
 
 
 def test_tls(backend, tmp_path):
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient, CloudError
 
     key, cert = _self_signed(tmp_path)
@@ -306,7 +309,7 @@ def test_info(client, backend):
 
 
 def test_circuit_breaker_opens_and_closes(backend):
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CircuitBreaker, CloudClient, CloudError
 
     server = ServerThread(backend)
@@ -331,7 +334,8 @@ def test_circuit_breaker_opens_and_closes(backend):
 
 
 def test_limits_rate_message_size_and_sessions_per_tenant(backend):
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
 
     config = ServerConfig(rate_per_s=0.01, max_message_bytes=2000, max_sessions_per_tenant=1)
     with ServerThread(backend, config=config) as server:
@@ -368,11 +372,17 @@ def test_serve_cli_listens_answers_and_stops_on_ctrl_c(smollm2_path, tmp_path):
     from relayllm.protos.cli import main
 
     assert main(["serve", "--model", str(tmp_path / "missing.gguf")]) == 2
-    assert main(["serve", "--model", str(smollm2_path), "--token", "no-tenant"]) == 2
+    os.environ["RELAYLLM_TOKENS"] = "no-tenant"
+    try:
+        assert main(["serve", "--model", str(smollm2_path), "--insecure"]) == 2
+        os.environ["RELAYLLM_TOKENS"] = "secret:team"
+        assert main(["serve", "--model", str(smollm2_path)]) == 2  # tokens without TLS need --insecure
+    finally:
+        del os.environ["RELAYLLM_TOKENS"]
     process = subprocess.Popen([sys.executable, "-m", "relayllm.protos.cli", "serve", "--model", str(smollm2_path),
-                                "--port", "0", "--max-sessions", "2", "--n-ctx", "256", "--token", "secret:team"],
+                                "--port", "0", "--max-sessions", "2", "--n-ctx", "256", "--insecure"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "RELAYLLM_TOKENS": "secret:team"})
     try:
         line = process.stdout.readline()
         assert "listening on 127.0.0.1:" in line, line + process.stderr.read()
@@ -407,7 +417,8 @@ def test_logs_hold_no_prompt_and_no_bearer_token(backend, caplog):
     nor the credentials: neither the prompt, nor the LLM's text, nor a token."""
     import logging
 
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient, CloudError
 
     secret_prompt = "My bank password is hunter2 and my name is"

@@ -31,14 +31,14 @@ def tiny_model_dir(tmp_path_factory, smollm2_path):
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir):
-    from relayllm.cloud.transformers_backend import TransformersBackend
+    from relayllm.cloud.backends.hf import TransformersBackend
 
     return TransformersBackend(tiny_model_dir, max_sessions=3)
 
 
 @pytest.fixture(scope="module")
 def client(backend):
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient
 
     with ServerThread(backend) as server, CloudClient(server.target, deadline_s=60) as client:

@@ -112,8 +112,8 @@ def slm(smollm2_path):
 @pytest.fixture(scope="module")
 def cloud(smollm2_path):
     """The cloud service on loopback, SmolLM2 as the LLM too (same tokenizer: token mode)."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
 
     with ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4)) as server:
         yield server
@@ -122,7 +122,7 @@ def cloud(smollm2_path):
 @pytest.fixture(scope="module")
 def offline(slm):
     """The SLM alone on PROMPT (no cloud)."""
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     return RelayDecoder(slm, limits=Limits(max_total_tokens=MAX_TOKENS)).generate(PROMPT)
 
@@ -191,7 +191,7 @@ def test_offline_generation_equals_llama_cpp_greedy(slm, offline):
 
 def test_prompt_ending_in_a_command_is_spliced_evaluating_only_new_tokens(slm, cloud, offline):
     from relayllm.edge.client import CloudClient
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     prompt_tokens = len(slm.tokenize((PROMPT + "<call>8</call>").encode(), add_bos=True, special=True))
     slm.reset()
@@ -214,7 +214,7 @@ def test_prompt_ending_in_a_command_is_spliced_evaluating_only_new_tokens(slm, c
 
 def test_router_call_mid_answer_with_background_sync(slm, cloud, offline):
     from relayllm.edge.client import CloudClient
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     router = FireAt({6}, 4)
     with CloudClient(cloud.target) as client, EvalSpy(slm) as spy:
@@ -244,7 +244,7 @@ def _refused_target() -> str:
 
 def test_cloud_down_gives_a_complete_degraded_answer(slm, offline):
     from relayllm.edge.client import CloudClient
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     with CloudClient(_refused_target(), deadline_s=2.0) as client:
         decoder = RelayDecoder(slm, cloud=client, router=FireAt({3, 10}, 4),
@@ -257,7 +257,7 @@ def test_cloud_down_gives_a_complete_degraded_answer(slm, offline):
 
 
 def test_no_cloud_and_a_command_is_degraded_offline(slm):
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     result = RelayDecoder(slm, limits=Limits(max_total_tokens=8)).generate(PROMPT + "<call>8</call>")
     assert result.degraded and "offline" in result.degraded_reasons[0]
@@ -268,11 +268,11 @@ def test_no_cloud_and_a_command_is_degraded_offline(slm):
 
 
 def test_cloud_stopped_mid_answer_keeps_what_was_written(slm, smollm2_path):
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient
     from relayllm.edge.events import TextPiece
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     server = ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=2))
     server.__enter__()
@@ -340,7 +340,7 @@ class HangingRelay:
 def test_a_hanging_cloud_is_cut_at_the_deadline(slm, offline):
     from relayllm.edge.client import CloudClient
     from relayllm.protos.fingerprint import tokenizer_fingerprint
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     hang = HangingRelay(tokenizer_fingerprint(slm))
     try:
@@ -359,7 +359,7 @@ def test_asyncio_api_gives_the_same_result_and_cancels(slm, offline):
     import asyncio
 
     from relayllm.edge.events import Result, TextPiece
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     decoder = RelayDecoder(slm, limits=Limits(max_total_tokens=MAX_TOKENS))
 
@@ -381,7 +381,7 @@ def test_asyncio_api_gives_the_same_result_and_cancels(slm, offline):
 
 
 def test_chat_template_matches_llama_cpp_chat_completion(slm):
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     question = "What is the capital of France?"
     slm.reset()
@@ -392,7 +392,7 @@ def test_chat_template_matches_llama_cpp_chat_completion(slm):
 
 def test_edge_imports_and_generate_cli_never_import_torch(smollm2_path):
     code = ("import sys\n"
-            "import relayllm.edge.relay, relayllm.protos.grammar, relayllm.edge.events, relayllm.edge.cli\n"
+            "import relayllm.edge.decoder, relayllm.edge.decode_loop, relayllm.protos.grammar, relayllm.edge.events, relayllm.edge.cli\n"
             "assert 'torch' not in sys.modules, 'import'\n"
             "from relayllm.protos.cli import main\n"
             f"rc = main(['generate', 'Hello', '--model', {str(smollm2_path)!r}, '--max-tokens', '4', '--no-chat'])\n"
@@ -439,7 +439,7 @@ def test_call_token_router_fires_on_the_slms_own_call_probability():
 
 
 def test_call_threshold_needs_a_relay_slm(slm):
-    from relayllm.edge.relay import RelayDecoder
+    from relayllm.edge import RelayDecoder
 
     # SmolLM2 has no single `<call>` token: a clear error, not a silent no-op
     with pytest.raises(ValueError, match="relay-trained SLM"):

@@ -45,8 +45,8 @@ def slm(smollm2_path):
 
 @pytest.fixture(scope="module")
 def cloud(smollm2_path):
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
 
     server = ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=1024, max_sessions=4))
     server.__enter__()
@@ -57,7 +57,7 @@ def cloud(smollm2_path):
 def decode(slm, target, *, router=None, on_event=None, max_tokens=40, breaker=None):
     from relayllm.edge.client import CloudClient
     from relayllm.edge.events import CallFinished, Result, TextPiece
-    from relayllm.edge.relay import Limits, RelayDecoder
+    from relayllm.edge import Limits, RelayDecoder
 
     client = CloudClient(target, deadline_s=DEADLINE_S, **({"breaker": breaker} if breaker else {}))
     decoder = RelayDecoder(slm, cloud=client, router=router or EveryK(),
@@ -130,8 +130,8 @@ def test_cloud_killed_mid_stream_keeps_what_was_written(slm, cloud, request):
 
 def test_cloud_restart_loses_its_caches_and_the_edge_resends(slm, smollm2_path):
     """A restarted cloud has no session caches: the delta is refused and the edge resends the prefix."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.events import CallStarted
 
     first = ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=1024, max_sessions=4))

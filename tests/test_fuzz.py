@@ -38,8 +38,9 @@ SECRET = "The launch code of tenant A is 7431. "
 
 @pytest.fixture(scope="module")
 def cloud(smollm2_path):
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerConfig, ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
 
     config = ServerConfig(tokens=dict(TOKENS), max_tokens_per_call=16, max_context_tokens=512,
                           max_sessions=8, max_sessions_per_tenant=8)

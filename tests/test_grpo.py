@@ -121,8 +121,8 @@ def test_bad_reward_name(tmp_path):
 def test_rollout_calls_the_llm_through_the_grpc_cloud(tok, pair, tmp_path):
     """The same rollout with the LLM behind the project's cloud service (llama.cpp backend on
     loopback, token mode): the called samples get the LLM's tokens over the wire."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
     from relayllm.training.models import export
     from relayllm.training.relay.helper_llm import CloudLLM
 

@@ -288,7 +288,7 @@ def _closed_port_target() -> str:
 
 def test_router_fires_while_the_cloud_is_down_the_slm_writes_and_the_result_is_degraded(mini, exported_router):
     from relayllm.edge.client import CloudClient
-    from relayllm.edge.relay import Limits, RelayDecoder, Sampling
+    from relayllm.edge import Limits, RelayDecoder, Sampling
     from relayllm.edge.token_router import TokenRouter
     import llama_cpp
 

@@ -1,8 +1,9 @@
 """Cloud benchmarks and the loopback load function, spoken over the real gRPC contract.
 
-The client side here uses the generated stub directly (no edge SDK in between), so what
-is measured is the service: tokens prefilled per call, wall time, bytes on the wire, and
-the server's own split of each call (Usage: queue, prefill, generate). Each comparison is
+The client side is the SDK's own CloudClient/CloudSession (relayllm.edge.client), as a
+device would use it; what is measured is the service as a device sees it: tokens
+prefilled per call, wall time, bytes on the wire, and the server's own split of each call
+(Usage: queue, prefill, generate). Each comparison is
 made in the same run on the same server, calls of the two variants alternating.
 
 `run_load` is the load generator the reliability suite reuses: many concurrent sessions
@@ -15,14 +16,10 @@ import os
 import statistics
 import threading
 import time
-import uuid
-import zlib
 from dataclasses import asdict, dataclass, field
 
-import grpc
-
+from relayllm.edge.client import CircuitBreaker, CloudClient, CloudError, CloudSession
 from relayllm.protos import relay_pb2 as pb
-from relayllm.protos import relay_pb2_grpc
 
 # The prompt and the text "the SLM writes" between calls. Fixed text, so that every
 # variant of a comparison sees exactly the same deltas.
@@ -36,12 +33,11 @@ SLM_TEXT = (
     "the average must also be 80 km per hour, which agrees with 320 / 4 = 80. "
 )
 
-GREEDY = pb.Sampling(temperature=0.0)
 
 
-def stub_for(target: str, **channel_options) -> tuple[grpc.Channel, relay_pb2_grpc.RelayStub]:
-    channel = grpc.insecure_channel(target, options=list(channel_options.items()))
-    return channel, relay_pb2_grpc.RelayStub(channel)
+def client_for(target: str, *, token: str | None = None, deadline_s: float = 120.0) -> CloudClient:
+    """The SDK's own client, with a breaker that never opens (a benchmark counts every failure)."""
+    return CloudClient(target, token=token, deadline_s=deadline_s, breaker=CircuitBreaker(failures=1 << 30, reset_s=0.0))
 
 
 @dataclass
@@ -50,7 +46,7 @@ class CallRecord:
 
     wall_s: float  # client: request sent -> Done received
     first_piece_s: float  # client: request sent -> first token
-    request_bytes: int  # serialized HelpRequest
+    request_bytes: int  # serialized HelpRequest(s): a resend counts both attempts
     reply_bytes: int  # serialized HelpReply messages, summed
     prefilled_tokens: int
     reused_tokens: int
@@ -69,80 +65,52 @@ class CallRecord:
         return max(0.0, self.wall_s - self.server_s)
 
 
-def help_call(stub, session_id: str, context: pb.Context, max_tokens: int, *, sampling=GREEDY,
-              timeout: float = 120.0, metadata=None) -> CallRecord:
-    request = pb.HelpRequest(session_id=session_id, context=context, max_tokens=max_tokens, sampling=sampling)
+def timed_help(session: CloudSession, whole: str, max_tokens: int, *, deadline_s: float = 120.0) -> CallRecord:
+    """One CloudSession.help on the whole text (the SDK sends the delta), timed from the client."""
+    sent_before = session.stats.bytes_sent
     start = time.perf_counter()
     first = None
     reply_bytes = 0
     pieces: list[str] = []
-    done = None
-    for reply in stub.Help(request, timeout=timeout, metadata=metadata):
-        reply_bytes += reply.ByteSize()
-        if reply.HasField("piece"):
-            if first is None:
-                first = time.perf_counter()
-            pieces.append(reply.piece.text)
-        else:
-            done = reply.done
+    for piece in session.help(text=whole, max_tokens=max_tokens, deadline_s=deadline_s):
+        if first is None:
+            first = time.perf_counter()
+        pieces.append(piece.text)
+        reply_bytes += pb.HelpReply(piece=piece).ByteSize()
     end = time.perf_counter()
-    if done is None:
-        raise RuntimeError("Help stream ended without Done")
+    done = session.last_done
     u = done.usage
     return CallRecord(
-        wall_s=end - start, first_piece_s=(first or end) - start, request_bytes=request.ByteSize(),
-        reply_bytes=reply_bytes, prefilled_tokens=u.prefilled_tokens, reused_tokens=u.reused_tokens,
-        generated_tokens=u.generated_tokens, server_s=u.server_seconds, queue_s=u.queue_seconds,
-        prefill_s=u.prefill_seconds, generate_s=u.generate_seconds, text="".join(pieces),
+        wall_s=end - start, first_piece_s=(first or end) - start, request_bytes=session.stats.bytes_sent - sent_before,
+        reply_bytes=reply_bytes + pb.HelpReply(done=done).ByteSize(), prefilled_tokens=u.prefilled_tokens,
+        reused_tokens=u.reused_tokens, generated_tokens=u.generated_tokens, server_s=u.server_seconds,
+        queue_s=u.queue_seconds, prefill_s=u.prefill_seconds, generate_s=u.generate_seconds, text="".join(pieces),
         session_length=done.session_length, session_crc32=done.session_crc32,
     )
 
 
-class TextSession:
-    """The client's copy of a text-mode session, so that each call sends only a delta."""
+class Conversation:
+    """An answer being written: the whole text so far, relayed through one SDK CloudSession."""
 
-    def __init__(self, stub, session_id: str | None = None, *, metadata=None):
-        self.stub = stub
-        self.session_id = session_id or f"bench-{uuid.uuid4().hex[:16]}"
-        self.metadata = metadata
-        self.text = b""  # what the cloud holds
-        self.pending = ""  # written here, not yet sent
+    def __init__(self, client: CloudClient):
+        self.session = client.session()
+        self.text = ""
 
-    def _context(self, delta: str, *, full: bool) -> pb.Context:
-        if full or not self.text:
-            return pb.Context(base_length=0, text=self.text.decode("utf-8", "replace") + delta)
-        return pb.Context(base_length=len(self.text), base_crc32=zlib.crc32(self.text), text=delta)
-
-    def _settle(self, sent: str, full: bool, length: int, crc: int, generated: str = "") -> None:
-        self.text = (b"" if full else self.text) + sent.encode("utf-8") + generated.encode("utf-8")
-        if len(self.text) != length or zlib.crc32(self.text) != crc:
-            raise RuntimeError(f"session {self.session_id}: client copy ({len(self.text)} bytes) "
-                               f"disagrees with the cloud ({length} bytes)")
-
-    def help(self, delta: str, max_tokens: int, *, full: bool = False, **kw) -> CallRecord:
-        """Help with what was written since the last call (`full`: resend the whole prefix)."""
-        sent = (self.text.decode("utf-8") if full else "") + self.pending + delta
-        record = help_call(self.stub, self.session_id, self._context(self.pending + delta, full=full),
-                           max_tokens, metadata=self.metadata, **kw)
-        self.pending = ""
-        self._settle(sent, full, record.session_length, record.session_crc32, record.text)
+    def help(self, delta: str, max_tokens: int, *, deadline_s: float = 120.0) -> CallRecord:
+        """Help with what was written since the last call (the SDK sends only the delta)."""
+        self.text += delta
+        record = timed_help(self.session, self.text, max_tokens, deadline_s=deadline_s)
+        self.text += record.text
         return record
 
-    def sync(self, delta: str, *, timeout: float = 120.0) -> pb.SyncReply:
+    def sync(self, delta: str, *, deadline_s: float = 120.0) -> None:
         """Send what was written without asking for tokens (background session sync)."""
-        sent = self.pending + delta
-        reply = self.stub.Sync(pb.SyncRequest(session_id=self.session_id, context=self._context(sent, full=False)),
-                               timeout=timeout, metadata=self.metadata)
-        self.pending = ""
-        self._settle(sent, not self.text, reply.session_length, reply.session_crc32)
-        return reply
+        self.text += delta
+        self.session.sync(text=self.text, deadline_s=deadline_s)
 
     def end(self) -> None:
-        try:
-            self.stub.EndSession(pb.EndSessionRequest(session_id=self.session_id), timeout=10,
-                                 metadata=self.metadata)
-        except grpc.RpcError:
-            pass
+        """The cloud and the SDK forget the session: the next call resends the whole prefix."""
+        self.session.end()
 
 
 def slm_deltas(calls: int, delta_chars: int) -> list[str]:
@@ -158,8 +126,8 @@ def prefill_reuse_vs_resend(target: str, *, calls: int = 6, delta_chars: int = 2
     `session`: each call sends only the delta and the cloud reuses the session's KV cache;
     `resend`: each call sends the whole prefix to a cloud that kept nothing, which prefills it
     all (the reference: a stateless service)."""
-    channel, stub = stub_for(target)
-    reuse, resend = TextSession(stub), TextSession(stub)
+    client = client_for(target)
+    reuse, resend = Conversation(client), Conversation(client)
     rows = []
     try:
         for i, delta in enumerate(slm_deltas(calls, delta_chars)):
@@ -168,11 +136,11 @@ def prefill_reuse_vs_resend(target: str, *, calls: int = 6, delta_chars: int = 2
             # a cloud without sessions: it forgets between calls (the backend would otherwise
             # find the resent prefix in its cache and reuse it), so the whole prefix is prefilled
             resend.end()
-            b = resend.help((PROMPT if first else "") + delta, max_tokens, full=True)
+            b = resend.help((PROMPT if first else "") + delta, max_tokens)
             rows.append({"call": i + 1, "session": asdict(a), "resend": asdict(b)})
     finally:
         reuse.end(), resend.end()
-        channel.close()
+        client.close()
     later = rows[1:] or rows  # the first call prefills the prompt either way
 
     def total(kind, key):
@@ -209,8 +177,8 @@ def latency_split(records: list[dict]) -> dict:
 def sync_vs_cold(target: str, *, calls: int = 6, delta_chars: int = 200, max_tokens: int = 16) -> dict:
     """Call latency when the delta arrives with the call (`cold`) vs when it was synced while
     the SLM wrote (`synced`: a Sync RPC before the call, not timed, as it overlaps the SLM)."""
-    channel, stub = stub_for(target)
-    cold, synced = TextSession(stub), TextSession(stub)
+    client = client_for(target)
+    cold, synced = Conversation(client), Conversation(client)
     rows = []
     try:
         for i, delta in enumerate(slm_deltas(calls, delta_chars)):
@@ -221,7 +189,7 @@ def sync_vs_cold(target: str, *, calls: int = 6, delta_chars: int = 200, max_tok
             rows.append({"call": i + 1, "cold": asdict(a), "synced": asdict(b)})
     finally:
         cold.end(), synced.end()
-        channel.close()
+        client.close()
     later = rows[1:] or rows
     return {
         "calls": calls, "delta_chars": delta_chars, "max_tokens": max_tokens, "per_call": rows,
@@ -259,8 +227,8 @@ class LoadReport:
     duration_s: float
     requests: int
     errors: int
-    errors_by_code: dict = field(default_factory=dict)
-    resends: int = 0  # FAILED_PRECONDITION answered by resending the whole prefix (evicted session)
+    errors_by_code: dict = field(default_factory=dict)  # CloudError reason -> count
+    resends: int = 0  # FAILED_PRECONDITION answered by the SDK resending the whole prefix (evicted session)
     requests_per_s: float = 0.0
     generated_tokens: int = 0
     tokens_per_s: float = 0.0
@@ -277,12 +245,13 @@ class LoadReport:
 
 
 def run_load(target: str, *, sessions: int, duration_s: float | None = None, calls_per_session: int | None = None,
-             max_tokens: int = 8, delta_chars: int = 120, metadata=None, rss_pid: int | None = None,
+             max_tokens: int = 8, delta_chars: int = 120, token: str | None = None, rss_pid: int | None = None,
              timeout: float = 120.0) -> LoadReport:
     """`sessions` concurrent relay sessions against `target` on loopback. Each session sends
     the prompt, then keeps appending `delta_chars` of new text and asking for `max_tokens`
     tokens, like an edge relaying a long answer, until `duration_s` has passed or it has made
-    `calls_per_session` calls. Errors are counted by status code, never raised."""
+    `calls_per_session` calls. The SDK resends the whole prefix when the cloud evicted the
+    session (counted as resends); other failures are counted by reason, never raised."""
     if duration_s is None and calls_per_session is None:
         raise ValueError("give duration_s or calls_per_session")
     rss_pid = rss_pid or os.getpid()
@@ -301,47 +270,33 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
         while not sampling_done.wait(0.05):
             peak[0] = max(peak[0], _rss_mib(rss_pid))
 
-    channel, stub = stub_for(target)
+    client = client_for(target, token=token, deadline_s=timeout)
 
     def worker(index: int):
-        session = TextSession(stub, f"load-{index}-{uuid.uuid4().hex[:8]}", metadata=metadata)
+        conversation = Conversation(client)
         deltas = slm_deltas(64, delta_chars)
         made = 0
         while time.perf_counter() < stop_at and (calls_per_session is None or made < calls_per_session):
             delta = (PROMPT if made == 0 else "") + deltas[made % len(deltas)]
+            resends = conversation.session.stats.resends
             try:
-                try:
-                    record = session.help(delta, max_tokens, timeout=timeout)
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                        raise
-                    with lock:
-                        counters["resends"] += 1
-                    session.pending = ""
-                    record = session.help(delta, max_tokens, full=True, timeout=timeout)
-            except grpc.RpcError as exc:
+                record = conversation.help(delta, max_tokens, deadline_s=timeout)
+            except CloudError as exc:
                 with lock:
-                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    errors[exc.reason] = errors.get(exc.reason, 0) + 1
                     counters["requests"] += 1
-                session = TextSession(stub, f"load-{index}-{uuid.uuid4().hex[:8]}", metadata=metadata)
+                conversation = Conversation(client)
                 made = 0
-                continue
-            except RuntimeError as exc:  # client/cloud disagreement: a correctness error
-                with lock:
-                    errors["MISMATCH"] = errors.get("MISMATCH", 0) + 1
-                    counters["requests"] += 1
-                session = TextSession(stub, f"load-{index}-{uuid.uuid4().hex[:8]}", metadata=metadata)
-                made = 0
-                del exc
                 continue
             made += 1
             with lock:
                 counters["requests"] += 1
+                counters["resends"] += conversation.session.stats.resends - resends
                 counters["tokens"] += record.generated_tokens
                 latencies.append(record.wall_s)
                 first_pieces.append(record.first_piece_s)
                 queues.append(record.queue_s)
-        session.end()
+        conversation.end()
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
@@ -354,7 +309,7 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
     elapsed = time.perf_counter() - start
     sampling_done.set()
     sampler.join()
-    channel.close()
+    client.close()
     n_errors = sum(errors.values())
     return LoadReport(
         sessions=sessions, duration_s=elapsed, requests=counters["requests"], errors=n_errors,

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 # A prompt that makes small models write on and on (no early EOS with greedy decoding).
@@ -65,7 +65,7 @@ def raw_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
 def sdk_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
     """The edge SDK (RelayDecoder, offline: no call can happen), greedy, event stream."""
     from relayllm.edge.events import TextPiece
-    from relayllm.edge.relay import Limits, RelayDecoder, Sampling
+    from relayllm.edge import Limits, RelayDecoder, Sampling
 
     llm.reset()
     decoder = RelayDecoder(llm, cloud=None, limits=Limits(max_tokens=max_tokens), sampling=Sampling(temperature=0.0))
@@ -170,7 +170,7 @@ def _sdk_detector_loop():
     return feed_all
 
 
-# --- splice: appending the cloud's N tokens to the SLM's context -----------------------------
+# --- splice: the cloud's N tokens into the kept KV, against re-evaluating everything --------
 
 CLOUD_TEXT = (
     " so the answer is 80 km per hour. To see why, note that both legs of the trip have the same "
@@ -179,51 +179,64 @@ CLOUD_TEXT = (
 )
 
 
-def splice_cost(llm, sizes: list[int], rounds: int) -> dict:
-    """Time to append N tokens written by the cloud after a prompt: llama.cpp evaluating them
-    as one batch (the floor), one by one (the naive way), and through the SDK's splice."""
+def splice_cost(llm, sizes: list[int], rounds: int, written_tokens: int = 64) -> dict:
+    """Time to take N tokens written by the cloud into the SLM's context, after a prompt and
+    `written_tokens` tokens the SLM wrote itself:
+    - sdk_s: the SDK's splice (edge/splice.py append_tokens): only the N new tokens are
+      evaluated on top of the KV cache the SLM already holds;
+    - reeval_s: what a user would otherwise do, and what the reference implementations do:
+      evaluate the whole prefix (prompt + written text) plus the N tokens again from an
+      empty cache. Alternating, same Llama object, median of `rounds`."""
+    from relayllm.edge.splice import append_tokens
+
     prompt = llm.tokenize(PROMPT.encode("utf-8"), add_bos=True, special=False)
-    cloud = llm.tokenize((CLOUD_TEXT * 4).encode("utf-8"), add_bos=False, special=False)
-    splice = _sdk_splicer(llm)
-    out = {"prompt_tokens": len(prompt), "by_tokens": {}}
-    if isinstance(splice, str):
-        out["sdk_error"] = splice
+    story = llm.tokenize((CLOUD_TEXT * 8).encode("utf-8"), add_bos=False, special=False)
+    prefix = prompt + story[:written_tokens]
+    cloud = story[written_tokens:]
+    out = {"prompt_tokens": len(prompt), "written_tokens": written_tokens, "prefix_tokens": len(prefix),
+           "by_tokens": {}}
     for n in sizes:
         tokens = cloud[:n]
-        batch, single, sdk = [], [], []
+        spliced, again = [], []
         for _ in range(rounds):
-            for kind, times in (("batch", batch), ("single", single), ("sdk", sdk)):
-                if kind == "sdk" and isinstance(splice, str):
-                    continue
-                llm.reset()
-                llm.eval(prompt)
-                start = time.perf_counter()
-                if kind == "batch":
-                    llm.eval(tokens)
-                elif kind == "single":
-                    for t in tokens:
-                        llm.eval([t])
-                else:
-                    splice(tokens)
-                times.append(time.perf_counter() - start)
-        row = {"batch_s": statistics.median(batch), "one_by_one_s": statistics.median(single)}
-        if sdk:
-            row["sdk_s"] = statistics.median(sdk)
-        out["by_tokens"][str(n)] = row
+            llm.reset()
+            llm.eval(prefix)  # the KV the SLM holds when the cloud's tokens arrive
+            start = time.perf_counter()
+            append_tokens(llm, tokens)
+            spliced.append(time.perf_counter() - start)
+            llm.reset()
+            start = time.perf_counter()
+            llm.eval(prefix + tokens)
+            again.append(time.perf_counter() - start)
+        out["by_tokens"][str(n)] = {"sdk_s": statistics.median(spliced), "reeval_s": statistics.median(again),
+                                    "evaluated_sdk": len(tokens), "evaluated_reeval": len(prefix) + len(tokens)}
     return out
 
 
-def _sdk_splicer(llm):
-    """A callable that appends cloud tokens to `llm`'s context the way the SDK does, or a
-    string saying why there is none."""
+# --- the machine, read from it ---------------------------------------------------------------
+
+def machine() -> dict:
+    """Cores, CPU model and GPUs of this machine, read from it (never written down by hand)."""
+    import platform
+    import shutil
+
+    cpu = platform.processor() or platform.machine()
     try:
-        from relayllm.edge import relay
-    except ImportError as exc:
-        return f"edge SDK not importable: {exc}"
-    fn = getattr(relay, "append_tokens", None)
-    if fn is None:
-        return "the edge SDK exposes no splice function (relayllm.edge.relay.append_tokens)"
-    return lambda tokens: fn(llm, tokens)
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpus: list[str] = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        proc = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+        if proc.returncode == 0:
+            gpus = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "usable_cores": cores,
+            "gpu": "; ".join(gpus) if gpus else "no GPU found (no nvidia-smi, or it lists none)"}
 
 
 # --- relay calls with and without the background session sync -----------------------------
@@ -248,11 +261,11 @@ def relay_sync_latency(cfg: dict) -> dict:
     """The relay through the SDK against a real cloud on loopback: calls at fixed intervals,
     alternately with `sync_every_tokens` and without. The edge runs llama.cpp on one thread
     and the cloud on the other core, as two machines would."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
     from relayllm.edge.client import CloudClient
     from relayllm.edge.events import CallFinished
-    from relayllm.edge.relay import Limits, RelayDecoder, Sampling
+    from relayllm.edge import Limits, RelayDecoder, Sampling
 
     calls, interval, n = cfg["edge_sync_calls"], cfg.get("edge_sync_interval", 48), cfg["call_tokens"]
     sync_every = cfg.get("sync_every_tokens", 8)
@@ -306,7 +319,7 @@ def device_probe(path: str, engine: str, max_tokens: int) -> dict:
     import llama_cpp  # noqa: F401
 
     if engine == "sdk":
-        import relayllm.edge.relay  # noqa: F401
+        import relayllm.edge.decoder, relayllm.edge.decode_loop  # noqa: F401, E401
     rss_imported = _current_rss_mib()
     t1 = time.perf_counter()
     llm = open_llama(path)
@@ -352,5 +365,3 @@ def device_footprints(models: dict[str, Path], max_tokens: int = 32) -> dict:
     return out
 
 
-def asdict_run(run: DecodeRun) -> dict:
-    return asdict(run)

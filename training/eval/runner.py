@@ -93,7 +93,7 @@ class Evaluator:
     def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None,
                 call_threshold: float | None = None):
         """A RelayDecoder on `slm` (a GGUF path or an already loaded Llama)."""
-        from relayllm.edge.relay import Limits, RelayDecoder
+        from relayllm.edge import Limits, RelayDecoder
 
         limits = Limits(max_calls=self.max_calls if max_calls is None else max_calls,
                         max_total_tokens=self.max_tokens, max_llm_tokens=self.max_tokens)
@@ -189,9 +189,9 @@ def AlwaysLLM(max_tokens: int):
 
 def greedy_sampling():
     """Greedy decoding on the SLM and the LLM: every mode is deterministic but for its router."""
-    from relayllm.edge import relay
+    from relayllm.edge import Sampling
 
-    return relay.Sampling(temperature=0.0)
+    return Sampling(temperature=0.0)
 
 
 class local_cloud:

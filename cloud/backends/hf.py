@@ -2,7 +2,8 @@
 
 Each session keeps a DynamicCache (past_key_values) and the logits of its last position;
 a later call crops the cache to the longest common token prefix and runs the model on the
-rest only. Forward passes are serialized by one lock (one model, many sessions).
+rest only (the prefill step and decode loop of backends/base.py). Forward passes are
+serialized by one lock (one model, many sessions). Not here: continuous batching.
 """
 
 from __future__ import annotations
@@ -15,17 +16,8 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from relayllm.cloud.backend import (
-    FINISH_EOS,
-    FINISH_LENGTH,
-    Backend,
-    SamplingParams,
-    Session,
-    SessionCache,
-    Usage,
-    common_prefix,
-    timed,
-)
+from relayllm.cloud.backends.base import Backend, SamplingParams
+from relayllm.cloud.sessions import Session, SessionCache
 from relayllm.protos.fingerprint import fingerprint_of_pieces
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -109,8 +101,7 @@ class TransformersBackend(Backend):
 
     def _release(self, session: Session) -> None:
         session.state = None
-        session.kv_tokens = []
-        session.logits_ready = False
+        session.forget_kv()
 
     # -- tokenizer -------------------------------------------------------------------
     def tokenize(self, text: bytes) -> list[int]:
@@ -124,82 +115,45 @@ class TransformersBackend(Backend):
     def is_eos(self, token_id: int) -> bool:
         return token_id in self._eos
 
-    # -- KV reuse ----------------------------------------------------------------------
+    # -- the steps of base.Backend ----------------------------------------------------------
+    def _open(self, session: Session) -> None:
+        if session.state is None:
+            session.state = _Kv()
+            session.forget_kv()
+
+    def _truncate(self, session: Session, keep: int) -> None:
+        session.state.cache.crop(keep)
+
     @torch.inference_mode()
-    def _forward(self, kv: _Kv, tokens: list[int]) -> None:
+    def _evaluate(self, session: Session, tokens: list[int]) -> None:
+        kv: _Kv = session.state
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
         with self._lock:
             out = self.model(input_ids=ids, past_key_values=kv.cache, use_cache=True)
         kv.cache = out.past_key_values
         kv.logits = out.logits[0, -1].float()
 
-    def prefill(self, session: Session, tokens: list[int]) -> Usage:
-        if session.state is None:
-            session.state = _Kv()
-            session.kv_tokens, session.logits_ready = [], False
+    def _sampler(self, session: Session, sampling: SamplingParams) -> Callable[[], int]:
         kv: _Kv = session.state
-        elapsed = timed()
-        reused = common_prefix(session.kv_tokens, tokens)
-        if reused == len(tokens) and not (session.logits_ready and reused == len(session.kv_tokens)):
-            reused -= 1  # the last position's logits are needed: evaluate it again
-        reused = max(reused, 0)
-        delta = tokens[reused:]
-        if reused < len(session.kv_tokens):
-            kv.cache.crop(reused)
-            session.kv_tokens = session.kv_tokens[:reused]
-            session.logits_ready = False
-        if delta:
-            session.logits_ready = False
-            self._forward(kv, delta)
-            session.kv_tokens = list(tokens)
-            session.logits_ready = True
-        return Usage(prefilled_tokens=len(delta), reused_tokens=reused, prefill_s=elapsed())
-
-    def _sample(self, logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> int:
         if sampling.temperature == 0.0:
-            return int(torch.argmax(logits))
-        logits = logits / sampling.temperature
-        if 0 < sampling.top_k < logits.numel():
-            kth = torch.topk(logits, sampling.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < sampling.top_p  # always keeps the top one
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=generator))
+            return lambda: int(torch.argmax(kv.logits))
+        generator = torch.Generator(device="cpu")
+        if sampling.seed:
+            generator.manual_seed(sampling.seed)
+        else:
+            generator.seed()
+        return lambda: _sample(kv.logits.cpu(), sampling, generator)
 
-    def generate(self, session: Session, tokens: list[int], *, max_new_tokens: int,
-                 sampling: SamplingParams, should_stop: Callable[[], str | None],
-                 emit: Callable[[int], None]) -> tuple[str, list[int], Usage]:
-        usage = self.prefill(session, tokens)
-        kv: _Kv = session.state
-        elapsed = timed()
-        generator = None
-        if sampling.temperature > 0:
-            generator = torch.Generator(device="cpu")
-            if sampling.seed:
-                generator.manual_seed(sampling.seed)
-            else:
-                generator.seed()
-        generated: list[int] = []
-        finish = FINISH_LENGTH
-        for _ in range(max_new_tokens):
-            stop = should_stop()
-            if stop:
-                finish = stop
-                break
-            logits = kv.logits.cpu() if generator is not None else kv.logits
-            token = self._sample(logits, sampling, generator)
-            if self.is_eos(token):
-                finish = FINISH_EOS
-                break
-            emit(token)
-            generated.append(token)
-            session.logits_ready = False
-            self._forward(kv, [token])  # the KV always holds the whole session
-            session.kv_tokens.append(token)
-            session.logits_ready = True
-        usage.generated_tokens = len(generated)
-        usage.generate_s = elapsed()
-        return finish, generated, usage
+
+def _sample(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:
+    """Temperature, top-k and top-p sampling of one token."""
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.numel():
+        kth = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, 0) - sorted_probs < sampling.top_p  # always keeps the top one
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
