@@ -154,12 +154,7 @@ class RelayDecoder:
         if messages is not None:
             prompt_ids, prompt_text = self.template().tokens(self.vocab, messages)
         else:
-            if not isinstance(prompt, str):
-                raise ValueError("give a prompt (str) or messages")
-            if self.chat_template:
-                prompt_ids, prompt_text = self.template().tokens(self.vocab, [{"role": "user", "content": prompt}])
-            else:
-                prompt_text, prompt_ids = prompt, self.vocab.markup(prompt, add_bos=True)
+            prompt_ids, prompt_text = self._prompt(prompt)
         # 2) The link to the cloud: kept across the turns of a conversation.
         local = self.privacy.local_only if local_only is None else bool(local_only)
         if messages is not None and not local:
@@ -172,6 +167,17 @@ class RelayDecoder:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the SLM's context holds {self.llm.n_ctx()}")
         return Request(self, prompt_text, prompt_ids, link=link, router=self.router if router is DEFAULT else router,
                        limits=limits or self.limits, sampling=sampling or self.sampling)
+
+    def prompt_text(self, prompt: str) -> str:
+        """The text the SLM is given for `prompt` (the chat template's turn when chat=True)."""
+        return self._prompt(prompt)[1]
+
+    def _prompt(self, prompt: str) -> tuple[list[int], str]:
+        if not isinstance(prompt, str):
+            raise ValueError("give a prompt (str) or messages")
+        if self.chat_template:
+            return self.template().tokens(self.vocab, [{"role": "user", "content": prompt}])
+        return self.vocab.markup(prompt, add_bos=True), prompt
 
     def _link(self, local_only: bool):
         from relayllm.edge.link import CloudLink

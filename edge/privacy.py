@@ -36,8 +36,8 @@ _DIGITS = re.compile(r"\d{6,}")
 def redact_personal(text: str) -> str:
     """Masks e-mail addresses, phone numbers and runs of 6+ digits ([email], [phone], [number])."""
     text = _EMAIL.sub("[email]", text)
-    text = _PHONE.sub(lambda m: "[phone]" if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), text)
-    return _DIGITS.sub("[number]", text)
+    text = _DIGITS.sub("[number]", text)  # first: a bare run of digits is a number, not a phone
+    return _PHONE.sub(lambda m: "[phone]" if sum(c.isdigit() for c in m.group()) >= 7 else m.group(), text)
 
 
 class DailyBudget:

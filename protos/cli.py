@@ -39,15 +39,20 @@ def _add(sub, name: str, ep) -> object | None:
     return module
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser for `argv`, with the chosen subcommand's module loaded (all of them when
+    none is chosen, for --help or a mistyped name); returns it and the loaded modules."""
     commands = _commands()
     parser = argparse.ArgumentParser(prog="relayllm", description="Edge-cloud split decoding.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    # the chosen subcommand alone; every one of them for --help or a mistyped name
     names = [chosen] if chosen in commands else list(commands)
-    modules = {name: _add(sub, name, commands[name]) for name in names}
+    return parser, {name: _add(sub, name, commands[name]) for name in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -9,8 +9,8 @@ import threading
 def counting_cloud(smollm2_path, n_ctx: int = 1024):
     """A real cloud (SmolLM2 on llama.cpp, on loopback) whose backend counts prefills and
     generations and records the context each generation ran on (its token ids)."""
-    from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-    from relayllm.cloud.server import ServerThread
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
 
     class CountingBackend(LlamaCppBackend):
         def __init__(self, *args, **kwargs):

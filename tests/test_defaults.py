@@ -24,8 +24,8 @@ def _micro(monkeypatch, cache):
     monkeypatch.setattr(tiny_models, "SLM_CONFIG", MICRO)
     held_out = task.test_split()[:20]  # the build's accuracy checks on a few questions (fast on busy cores)
     monkeypatch.setattr(task, "test_split", lambda seed=task.SPLIT_SEED: list(held_out))
-    monkeypatch.setattr(defaults, "_relay_training", lambda: None)  # the pair only
-    monkeypatch.setattr(defaults, "_router_training", lambda: None)  # (the router tests turn them on)
+    monkeypatch.setattr(defaults, "BUILD_RELAY", False)  # the pair only
+    monkeypatch.setattr(defaults, "BUILD_ROUTERS", False)  # (the router tests turn them on)
 
 
 @pytest.fixture
@@ -90,7 +90,8 @@ def test_token_routers_are_built_into_the_manifest_and_load_on_the_edge(micro_pa
 
     pair = defaults.default_models(progress=False)  # the pair alone (router training off): reused
     assert pair.root.is_relative_to(micro_pair) and pair.r2r_router is None
-    monkeypatch.setattr(defaults, "_router_training", lambda: (train_r2r, train_citer))
+    monkeypatch.setattr(defaults, "BUILD_ROUTERS", True)
+    assert defaults._router_trainers() == (train_r2r, train_citer)
     monkeypatch.setattr(defaults, "ROUTER_RECIPE", MICRO_ROUTERS)
     models = defaults.default_models(progress=False)  # the routers are missing and buildable: built now
     assert models.llm == pair.llm and models.slm == pair.slm  # on top of the same pair, not rebuilt
@@ -119,7 +120,8 @@ def test_a_failed_router_build_keeps_the_pair_and_its_error(micro_pair, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("no routers today")
 
-    monkeypatch.setattr(defaults, "_router_training", lambda: (broken, broken))
+    monkeypatch.setattr(defaults, "BUILD_ROUTERS", True)
+    monkeypatch.setattr(defaults, "_router_trainers", lambda: (broken, broken))
     monkeypatch.setattr(defaults, "ROUTER_RECIPE", MICRO_ROUTERS)
     models = defaults.default_models(progress=False)
     assert models.slm.is_file() and models.r2r_router is None and models.citer_router is None

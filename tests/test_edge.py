@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_parts import HangingRelay
 from relayllm.protos.grammar import Command, CommandDetector, command_at_end, remove_commands
 
 
@@ -299,42 +300,6 @@ def test_cloud_stopped_mid_answer_keeps_what_was_written(slm, smollm2_path):
     assert result.llm_tokens == 3 and result.slm_tokens == MAX_TOKENS - 3
     assert [a for a, _ in result.spans] == ["slm", "llm", "slm"]
     assert result.text == "".join(seen) and result.finish_reason == "length"
-
-
-class HangingRelay:
-    """A fault a real cloud cannot produce on demand: Help never answers (until released)."""
-
-    def __init__(self, fingerprint):
-        import grpc
-        from concurrent import futures
-        import threading
-
-        from relayllm.protos import relay_pb2 as pb
-        from relayllm.protos import relay_pb2_grpc
-
-        self.release = threading.Event()
-        hang = self
-
-        class Servicer(relay_pb2_grpc.RelayServicer):
-            def Info(self, request, context):
-                return pb.InfoReply(model="hang", backend="test", tokenizer_fingerprint=fingerprint,
-                                    max_tokens_per_call=64)
-
-            def Help(self, request, context):
-                hang.release.wait(60)
-                return iter(())
-
-            def EndSession(self, request, context):
-                return pb.EndSessionReply()
-
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        relay_pb2_grpc.add_RelayServicer_to_server(Servicer(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def close(self):
-        self.release.set()
-        self.server.stop(None)
 
 
 def test_a_hanging_cloud_is_cut_at_the_deadline(slm, offline):

@@ -364,3 +364,4 @@ def device_footprints(models: dict[str, Path], max_tokens: int = 32) -> dict:
                      for engine, engine_arg in (("llama.cpp", "raw"), ("sdk", "sdk"))}
     return out
 
+

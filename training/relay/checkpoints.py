@@ -52,6 +52,11 @@ def load_checkpoint(path, *, what: str = "model"):
         raise TrainingError(f"{what}: neither an HF checkpoint folder (no config.json) nor a GGUF file: {path}")
     tokenizer = AutoTokenizer.from_pretrained(where, **kw)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
+    if kw:  # transformers dequantized the GGUF into plain float32 weights: a trainable model,
+        # not a quantized one (its quantization marks would make the Trainer refuse it)
+        model.is_quantized, model.hf_quantizer = False, None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     add_command_tokens(tokenizer, model)
     if torch.cuda.is_available():
         model.to("cuda")

@@ -198,7 +198,7 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     from trl import GRPOConfig, GRPOTrainer
 
     out_dir = Path(out_dir)
-    if kl > 0 and not Path(getattr(model.config, "_name_or_path", "") or "/nonexistent").is_dir():
+    if kl > 0 and not (Path(getattr(model.config, "_name_or_path", "") or "/nonexistent") / "config.json").is_file():
         # TRL builds the KL reference model from the policy's checkpoint folder: give an
         # in-memory model one
         model.save_pretrained(out_dir / "initial-policy")
