@@ -90,6 +90,21 @@ class LlamaModelFile:
         self.model.close()
 
 
+class GgufTokenizer:
+    """tokenize / token_bytes / is_eos of a Backend, from its LlamaModelFile (`self.file`)."""
+
+    file: LlamaModelFile
+
+    def tokenize(self, text: bytes) -> list[int]:
+        return self.file.tokenize(text)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.file.token_bytes(token_id)
+
+    def is_eos(self, token_id: int) -> bool:
+        return self.file.is_eos(token_id)
+
+
 class _Slot:
     """One llama.cpp context and its batch buffer: the KV of one session at a time."""
 
@@ -97,7 +112,7 @@ class _Slot:
         self.ctx, self.batch = ctx, batch
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(GgufTokenizer, Backend):
     name = "llama.cpp"
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None):
@@ -122,16 +137,6 @@ class LlamaCppBackend(Backend):
                 self._free.append(session.state)
             session.state = None
             session.forget_kv()
-
-    # -- tokenizer -------------------------------------------------------------------
-    def tokenize(self, text: bytes) -> list[int]:
-        return self.file.tokenize(text)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.file.token_bytes(token_id)
-
-    def is_eos(self, token_id: int) -> bool:
-        return self.file.is_eos(token_id)
 
     # -- the steps of base.Backend ----------------------------------------------------------
     def _open(self, session: Session) -> None:

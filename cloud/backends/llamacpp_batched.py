@@ -26,7 +26,7 @@ from collections import deque
 from typing import Callable
 
 from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage, timed
-from relayllm.cloud.backends.llamacpp import LlamaModelFile
+from relayllm.cloud.backends.llamacpp import GgufTokenizer, LlamaModelFile
 from relayllm.cloud.sessions import Session, SessionCache
 
 
@@ -151,7 +151,7 @@ class BatchEngine:
         self.ctx.close()
 
 
-class BatchedLlamaCppBackend(Backend):
+class BatchedLlamaCppBackend(GgufTokenizer, Backend):
     name = "llama.cpp"
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None):
@@ -165,16 +165,6 @@ class BatchedLlamaCppBackend(Backend):
         self._free_seqs = list(range(max_sessions - 1, -1, -1))
         self._lock = threading.Lock()
         self.sessions = SessionCache(max_sessions, release=self._release)
-
-    # -- tokenizer -------------------------------------------------------------------
-    def tokenize(self, text: bytes) -> list[int]:
-        return self.file.tokenize(text)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.file.token_bytes(token_id)
-
-    def is_eos(self, token_id: int) -> bool:
-        return self.file.is_eos(token_id)
 
     # -- sequences ---------------------------------------------------------------------------
     def _release(self, session: Session) -> None:

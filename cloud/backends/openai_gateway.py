@@ -37,14 +37,14 @@ import grpc
 import httpx
 
 from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage, common_prefix, timed
-from relayllm.cloud.backends.llamacpp import LlamaModelFile
+from relayllm.cloud.backends.llamacpp import GgufTokenizer, LlamaModelFile
 from relayllm.cloud.planning import Refused
 from relayllm.cloud.sessions import Session, SessionCache
 
 log = logging.getLogger("relayllm.cloud.gateway")
 
 
-class OpenAIGatewayBackend(Backend):
+class OpenAIGatewayBackend(GgufTokenizer, Backend):
     name = "openai-gateway"
 
     def __init__(self, upstream_url: str, *, model: str, tokenizer, n_ctx: int = 4096, max_sessions: int = 1024,
@@ -86,16 +86,6 @@ class OpenAIGatewayBackend(Backend):
         except httpx.HTTPError as err:
             raise OSError(f"cannot reach the engine at {self.url}: {err}") from None
         return reply.status_code == 200
-
-    # -- tokenizer -------------------------------------------------------------------
-    def tokenize(self, text: bytes) -> list[int]:
-        return self.file.tokenize(text)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.file.token_bytes(token_id)
-
-    def is_eos(self, token_id: int) -> bool:
-        return self.file.is_eos(token_id)
 
     def _prompt(self, tokens: list[int]):
         if self.prompt_as_tokens:

@@ -47,8 +47,9 @@ def _engine(gguf, n_ctx: int):
 
 def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"), levels=LEVELS,
           calls_per_session: int = 2, max_tokens: int = 8, max_sessions: int = 16, threads: int = 1,
-          progress=print) -> dict:
-    """Every backend at every level; the figures and the ratios against one session."""
+          progress=print, save=lambda result: None) -> dict:
+    """Every backend at every level; the figures and the ratios against one session
+    (`save(result)` after each backend, so a long run keeps what it measured)."""
     from relayllm.cloud.backends import backend_class
     from relayllm.cloud.config import ServerConfig
     from relayllm.cloud.harness import ServerThread
@@ -87,6 +88,7 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
             row["tok_s_vs_1"] = row["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else float("nan")
             row["p95_vs_1"] = row["latency_p95_s"] / one["latency_p95_s"] if one["latency_p95_s"] else float("nan")
         out["backends"][name] = rows
+        save(out)
     return out
 
 
@@ -141,10 +143,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads of the local backends")
     parser.add_argument("--out", type=Path, default=Path("runs/cloud_scale.json"))
     args = parser.parse_args(argv)
-    result = sweep(smollm2_gguf(), backends=args.backends, levels=args.levels, calls_per_session=args.calls,
-                   max_tokens=args.max_tokens, threads=args.threads, progress=lambda m: print(m, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    result = sweep(smollm2_gguf(), backends=args.backends, levels=args.levels, calls_per_session=args.calls,
+                   max_tokens=args.max_tokens, threads=args.threads, progress=lambda m: print(m, flush=True),
+                   save=lambda r: args.out.write_text(json.dumps(r, indent=2)))
     print(table(result))
     return 0
 
