@@ -11,7 +11,8 @@ Per call (`generate`):
 1. prompt: token ids when the engine takes them (vLLM, SGLang, llama-server); text made
    from the ids with the shared tokenizer otherwise (llama_cpp.server takes only text).
    `prompt_format="auto"` asks the engine once at start-up (a 1-token probe);
-2. max_tokens = N, temperature / top_p / top_k / seed, stream=True; `cache_salt` = the
+2. max_tokens = N, temperature / top_p / top_k / seed and no other filter (the engines'
+   own defaults, e.g. repeat_penalty 1.1, are turned off), stream=True; `cache_salt` = the
    tenant where the engine supports it (vLLM: tenants never share prefix-cache entries);
 3. token ids back where the engine offers them (`return_token_ids`: vLLM, SGLang, as
    choices[].token_ids; llama-server's `tokens`); FALLBACK, documented: each streamed text
@@ -103,10 +104,11 @@ class OpenAIGatewayBackend(GgufTokenizer, Backend):
     def _request(self, session: Session, tokens: list[int], max_new_tokens: int, sampling: SamplingParams) -> dict:
         body = {"model": self.model_name, "prompt": self._prompt(tokens), "max_tokens": max_new_tokens,
                 "stream": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                # the relay's sampling has no other filters: turn off the engines' own defaults
+                # (llama.cpp servers default to repeat_penalty 1.1, top_k 40, min_p 0.05)
+                "top_k": sampling.top_k, "min_p": 0.0, "repeat_penalty": 1.0, "repetition_penalty": 1.0,
                 "return_token_ids": True,  # vLLM / SGLang: choices[].token_ids
                 "return_tokens": True}  # llama-server: tokens
-        if sampling.top_k:
-            body["top_k"] = sampling.top_k
         if sampling.seed:
             body["seed"] = sampling.seed
         if self.salt_tenants:

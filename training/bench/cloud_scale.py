@@ -23,7 +23,11 @@ import statistics
 import time
 from pathlib import Path
 
-from relayllm.training.bench.cloud import PROMPT, client_for, run_load, timed_help
+from relayllm.training.bench.cloud import PROMPT, client_for, run_load, slm_deltas, timed_help
+
+# what a session's first call sends in run_load: the question and the SLM's first words (the
+# bare question makes SmolLM2 end its answer at once)
+FIRST_CALL = PROMPT + slm_deltas(1, 120)[0]
 
 LEVELS = (1, 4, 16, 64)
 
@@ -70,6 +74,7 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
         rows = []
         try:
             with ServerThread(backend, config=config) as server:
+                run_load(server.target, sessions=1, calls_per_session=1, max_tokens=max_tokens)  # warm-up, untimed
                 for n in levels:
                     progress(f"cloud scale: {name}, {n} sessions")
                     r = run_load(server.target, sessions=n, calls_per_session=calls_per_session,
@@ -93,26 +98,38 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
 
 
 def gateway_overhead(engine, backend, *, calls: int = 12, max_tokens: int = 8) -> dict:
-    """One Help through the gateway vs the same completion straight from the engine, alternating.
-    Each gateway call is a fresh session (the whole prompt, as the direct call sends)."""
+    """One Help through the gateway vs the same streamed completion straight from the engine,
+    alternating. Each gateway call is a fresh session (the whole prompt, as the direct call sends)."""
     from relayllm.cloud.harness import ServerThread
 
     direct, gateway = [], []
     with ServerThread(backend) as server:
         client = client_for(server.target)
         try:
-            timed_help(client.session(), PROMPT, max_tokens)  # warm both paths once
-            engine.complete(PROMPT, max_tokens)
+            timed_help(client.session(), FIRST_CALL, max_tokens)  # warm both paths once
+            engine.stream(FIRST_CALL, max_tokens)
             for _ in range(calls):
                 start = time.perf_counter()
-                engine.complete(PROMPT, max_tokens, stream=False)
+                engine.stream(FIRST_CALL, max_tokens)
                 direct.append(time.perf_counter() - start)
-                gateway.append(timed_help(client.session(), PROMPT, max_tokens).wall_s)
+                gateway.append(timed_help(client.session(), FIRST_CALL, max_tokens).wall_s)
         finally:
             client.close()
     d, g = statistics.median(direct), statistics.median(gateway)
     return {"calls": calls, "max_tokens": max_tokens, "direct_median_s": d, "gateway_median_s": g,
-            "ratio_of_medians": g / d}
+            "ratio_of_medians": g / d, "gateway_tokens": backend_tokens(backend, max_tokens)}
+
+
+def backend_tokens(backend, max_tokens: int) -> int:
+    """Tokens the engine writes for the benchmark prompt (a ratio over empty answers means nothing)."""
+    session_tokens = backend.tokenize(FIRST_CALL.encode())
+    from relayllm.cloud.backends.base import SamplingParams
+    from relayllm.cloud.sessions import Session
+
+    out: list[int] = []
+    backend.generate(Session(key=("", "probe")), session_tokens, max_new_tokens=max_tokens, sampling=SamplingParams(),
+                     should_stop=lambda: None, emit=out.append)
+    return len(out)
 
 
 def table(result: dict) -> str:
@@ -128,7 +145,8 @@ def table(result: dict) -> str:
         o = result["gateway_overhead"]
         lines.append(f"gateway: median {o['gateway_median_s'] * 1e3:.0f} ms vs engine direct "
                      f"{o['direct_median_s'] * 1e3:.0f} ms per call ({o['max_tokens']} tokens): "
-                     f"{o['ratio_of_medians']:.2f}x (ratio of medians, {o['calls']} calls each, alternating)")
+                     f"{o['ratio_of_medians']:.2f}x (ratio of medians, {o['calls']} calls each, alternating; "
+                     f"{o['gateway_tokens']} tokens written per call)")
     return "\n".join(lines)
 
 

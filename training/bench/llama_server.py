@@ -46,11 +46,26 @@ class Engine:
                     raise RuntimeError("llama_cpp.server did not start: " + (self.process.stderr.read() or ""))
                 time.sleep(0.2)
 
+    # greedy with no other filter, as the relay asks for it (llama_cpp.server's own defaults
+    # would add repeat_penalty 1.1)
+    GREEDY = {"temperature": 0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
+
     def complete(self, prompt: str, max_tokens: int, **kw) -> dict:
         reply = httpx.post(f"{self.url}/completions", timeout=120, json={
-            "model": self.alias, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **kw})
+            "model": self.alias, "prompt": prompt, "max_tokens": max_tokens, **self.GREEDY, **kw})
         reply.raise_for_status()
         return reply.json()
+
+    def stream(self, prompt: str, max_tokens: int) -> str:
+        """The same completion streamed (as the gateway asks for it); returns its text."""
+        text = []
+        with httpx.stream("POST", f"{self.url}/completions", timeout=120, json={
+                "model": self.alias, "prompt": prompt, "max_tokens": max_tokens, "stream": True, **self.GREEDY}) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                    text.append(httpx.Response(200, content=line[5:]).json()["choices"][0]["text"])
+        return "".join(text)
 
     def stop(self) -> None:
         if self.process.poll() is None:
