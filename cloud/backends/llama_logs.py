@@ -16,8 +16,10 @@ import threading
 
 log = logging.getLogger("relayllm.cloud.llama_cpp")
 
-# ggml_log_level: NONE, INFO, WARN, ERROR, DEBUG, CONT (continues the previous line)
-_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml_log_level (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the
+# previous line). llama-cpp-python's own table still has the older order (INFO 1 ... DEBUG 4),
+# which would print every INFO line of a model load as a warning.
+_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _installed: list = []  # keeps the ctypes callback alive for the life of the process
 _lock = threading.Lock()
 _last_level = [logging.DEBUG]

@@ -104,7 +104,7 @@ class Evaluator:
 
     def text_for(self, decoder, question: str) -> str:
         """What the decoder is given for `question` (before its chat template, when it applies one)."""
-        return user_message(question, self.instruction) if decoder.chat else self.prompt(question)
+        return user_message(question, self.instruction) if decoder.chat_template else self.prompt(question)
 
     def close(self):
         if self._client is not None and hasattr(self._client, "close"):
@@ -204,8 +204,8 @@ class local_cloud:
         self._server = None
 
     def __enter__(self) -> str:
-        from relayllm.cloud.llamacpp_backend import LlamaCppBackend
-        from relayllm.cloud.server import ServerThread
+        from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+        from relayllm.cloud.harness import ServerThread
 
         self._server = ServerThread(LlamaCppBackend(self.llm_gguf))
         self._server.__enter__()
