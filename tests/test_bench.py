@@ -17,7 +17,8 @@ def mini_result(smollm2_path, tmp_path_factory):
     cfg = bench.config(quick=True)
     cfg.update(slm=str(smollm2_path), llm=str(smollm2_path), rounds=1, decode_tokens=24, splice_tokens=[8],
                footprint_tokens=8, calls=3, call_tokens=4, levels=[1, 3], load_calls=2, load_tokens=4,
-               gemma3=False, edge_sync_calls=2, endpoint_tokens=24, turn_tokens=8)
+               gemma3=False, edge_sync_calls=2, endpoint_tokens=24, endpoint_rounds=2,
+               turn_tokens=8)
     result = bench.bench(cfg, progress=lambda msg: None)
     path = bench.write_results(result, tmp_path_factory.mktemp("bench"))
     return json.loads(path.read_text())
