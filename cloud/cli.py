@@ -13,6 +13,7 @@ HELP = "run the cloud LLM service (gRPC)"
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from relayllm.cloud.errors import ServiceError
@@ -25,10 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--config", help="a TOML file of settings (keys as below, without dashes; or RELAYLLM_CONFIG)")
     parser.add_argument("--model", help=helps["model"])
-    parser.add_argument("--backend", choices=("auto", "llama.cpp", "transformers", "openai-gateway"),
+    parser.add_argument("--backend", choices=("auto", "llama.cpp", "llama.cpp-contexts", "transformers",
+                                              "openai-gateway"),
                         help=helps["backend"] + " (default auto)")
     parser.add_argument("--upstream-url", help=helps["upstream_url"])
     parser.add_argument("--tokenizer", help=helps["tokenizer"])
+    parser.add_argument("--prompt-format", choices=("auto", "tokens", "text"), help=helps["prompt_format"])
+    parser.add_argument("--cache-salt", action="store_const", const=True, help=helps["cache_salt"])
     parser.add_argument("--gguf-file", help=helps["gguf_file"])
     parser.add_argument("--device", help=helps["device"])
     parser.add_argument("--host", help=helps["host"] + " (default 127.0.0.1)")
@@ -59,9 +63,10 @@ def make_backend(settings: ServeSettings):
         if not settings.upstream_url or not settings.model:
             raise ServiceError("the openai-gateway backend needs --upstream-url and --model (the engine's model name)")
         try:
-            return backend_class("openai-gateway")(settings.upstream_url, model=settings.model,
-                                                   tokenizer=settings.tokenizer, n_ctx=settings.n_ctx,
-                                                   max_sessions=settings.max_sessions)
+            return backend_class("openai-gateway")(
+                settings.upstream_url, model=settings.model, tokenizer=settings.tokenizer, n_ctx=settings.n_ctx,
+                max_sessions=settings.max_sessions, prompt_format=settings.prompt_format,
+                salt_tenants=settings.cache_salt, api_key=os.environ.get("RELAYLLM_UPSTREAM_API_KEY"))
         except (OSError, ValueError) as err:
             raise ServiceError(f"cannot use the engine at {settings.upstream_url}: {err}") from None
     if not settings.model:
@@ -72,11 +77,11 @@ def make_backend(settings: ServeSettings):
     kind = settings.backend
     if kind == "auto":
         kind = "transformers" if model.is_dir() else "llama.cpp"
-    if kind == "llama.cpp":
+    if kind.startswith("llama.cpp"):
         if not model.is_file():
             raise ServiceError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
         try:
-            return backend_class("llama.cpp")(model, n_ctx=settings.n_ctx, max_sessions=settings.max_sessions,
+            return backend_class(kind)(model, n_ctx=settings.n_ctx, max_sessions=settings.max_sessions,
                                               n_threads=settings.threads)
         except ValueError as err:  # llama.cpp could not load it
             raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None

@@ -11,6 +11,7 @@ variables < command-line flags.
 Bearer tokens come from a file (`tokens_file`, one TOKEN:TENANT per line, # comments) or the
 RELAYLLM_TOKENS variable, never from a flag: a command line is visible to every user of the
 machine (ps). With tokens set the service requires TLS unless `insecure` says otherwise.
+The engine's API key (openai-gateway) comes from RELAYLLM_UPSTREAM_API_KEY only.
 Not here: the flags themselves (cloud/cli.py) or the limits' meaning (cloud/config.py).
 """
 
@@ -33,12 +34,16 @@ class ServeSettings:
         "help": "a GGUF file (llama.cpp), a Hugging Face model folder (transformers), or the upstream "
                 "engine's model name (openai-gateway)"})
     backend: str = field(default="auto", metadata={
-        "help": "auto (llama.cpp for a .gguf file, transformers for a folder), llama.cpp, transformers, "
-                "openai-gateway"})
+        "help": "auto (llama.cpp for a .gguf file, transformers for a folder), llama.cpp (sessions batched), "
+                "llama.cpp-contexts (a context per session), transformers, openai-gateway"})
     upstream_url: str | None = field(default=None, metadata={
         "help": "openai-gateway: the engine's base URL, e.g. http://vllm:8000/v1"})
     tokenizer: str | None = field(default=None, metadata={
         "help": "openai-gateway: a GGUF or tokenizer folder with the engine's tokenizer (token ids both ways)"})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "openai-gateway: send prompts as token ids (tokens), text, or probe the engine (auto)"})
+    cache_salt: bool = field(default=False, metadata={
+        "help": "openai-gateway: send cache_salt=tenant so tenants never share prefix-cache entries (vLLM)"})
     gguf_file: str | None = field(default=None, metadata={"help": "transformers: a GGUF file inside --model"})
     device: str = field(default="cpu", metadata={"help": "transformers: torch device (cpu, cuda, ...)"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})

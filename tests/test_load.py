@@ -18,12 +18,12 @@ from relayllm.training.bench.cloud import run_load
 
 @pytest.fixture(scope="module")
 def cloud(smollm2_path):
-    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
     from relayllm.cloud.config import ServerConfig
     from relayllm.cloud.harness import ServerThread
 
     config = ServerConfig(max_sessions=4, max_sessions_per_tenant=64, max_concurrent_streams=128)
-    with ServerThread(LlamaCppBackend(str(smollm2_path), n_ctx=1024, max_sessions=4), config=config) as server:
+    with ServerThread(BatchedLlamaCppBackend(str(smollm2_path), n_ctx=1024, max_sessions=4, n_threads=1), config=config) as server:
         yield server
 
 

@@ -4,7 +4,9 @@ torch loads only when the transformers backend is asked for).
     from relayllm.cloud.backends import backend_class
     LlamaCpp = backend_class("llama.cpp")
 
-Names: "llama.cpp" (backends/llamacpp.py), "transformers" (backends/hf.py),
+Names: "llama.cpp" (backends/llamacpp_batched.py: sessions decoded together in one batch),
+"llama.cpp-contexts" (backends/llamacpp.py: a llama.cpp context per session, one at a time,
+keeping a session's last logits across a Sync), "transformers" (backends/hf.py),
 "openai-gateway" (backends/openai_gateway.py: a gateway to vLLM, SGLang, llama-server).
 The protocol they implement is backends/base.py.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 import importlib
 
 _BACKENDS = {
-    "llama.cpp": ("relayllm.cloud.backends.llamacpp", "LlamaCppBackend"),
+    "llama.cpp": ("relayllm.cloud.backends.llamacpp_batched", "BatchedLlamaCppBackend"),
+    "llama.cpp-contexts": ("relayllm.cloud.backends.llamacpp", "LlamaCppBackend"),
     "transformers": ("relayllm.cloud.backends.hf", "TransformersBackend"),
     "openai-gateway": ("relayllm.cloud.backends.openai_gateway", "OpenAIGatewayBackend"),
 }

@@ -100,10 +100,10 @@ class Backend(abc.ABC):
         raise NotImplementedError
 
     # -- one prefill step for every local backend ------------------------------------------
-    def prefill(self, session: Session, tokens: list[int]) -> Usage:
-        """Make the session's KV hold exactly `tokens`, evaluating only what differs."""
+    def _reuse(self, session: Session, tokens: list[int]) -> int:
+        """How many leading `tokens` the session's KV keeps (the rest is the delta to evaluate);
+        drops what differs. The last token is evaluated again when its logits are not at hand."""
         self._open(session)
-        elapsed = timed()
         reused = common_prefix(session.kv_tokens, tokens)
         if reused == len(tokens) and not (session.logits_ready and reused == len(session.kv_tokens)):
             reused -= 1  # the next token needs the last position's logits: evaluate it again
@@ -112,6 +112,12 @@ class Backend(abc.ABC):
             self._truncate(session, reused)
             session.kv_tokens = session.kv_tokens[:reused]
             session.logits_ready = False
+        return reused
+
+    def prefill(self, session: Session, tokens: list[int]) -> Usage:
+        """Make the session's KV hold exactly `tokens`, evaluating only what differs."""
+        elapsed = timed()
+        reused = self._reuse(session, tokens)
         delta = tokens[reused:]
         if delta:
             session.logits_ready = False

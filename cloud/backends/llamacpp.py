@@ -1,4 +1,5 @@
-"""The llama.cpp backend: a GGUF model on the CPU, loaded once, one context per session.
+"""The llama.cpp backend with a context per session ("llama.cpp-contexts"), and the GGUF model
+file every llama.cpp backend (and the gateway's tokenizer) loads through.
 
 The model's weights are loaded once (llama-cpp-python's low-level API: LlamaModel); each
 cached session owns a llama.cpp context whose KV cache holds that session's tokens. A later
@@ -7,7 +8,9 @@ step and decode loop of backends/base.py). Contexts are made lazily (up to max_s
 recycled when a session is evicted.
 
 No stdout/stderr swap: llama.cpp's log lines go to Python logging (backends/llama_logs.py).
-Not here: batching sessions into one forward pass (see backends/llamacpp_batched.py).
+Not here: batching sessions into one forward pass (backends/llamacpp_batched.py, the
+default "llama.cpp" backend). This one keeps each session's last logits, so a Help right
+after a Sync evaluates nothing; its sessions take turns on the CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from relayllm.protos.fingerprint import fingerprint_of_pieces, token_piece
 class LlamaModelFile:
     """One GGUF loaded once: weights, vocabulary, tokenizer, fingerprint (shared by contexts)."""
 
-    def __init__(self, gguf_path):
+    def __init__(self, gguf_path, *, vocab_only: bool = False):
         import llama_cpp
         from llama_cpp import _internals
 
@@ -36,7 +39,9 @@ class LlamaModelFile:
         route_llama_logs()
         self.llama_cpp, self.internals = llama_cpp, _internals
         self.path = path
-        self.model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = vocab_only  # the tokenizer alone (the gateway's)
+        self.model = _internals.LlamaModel(path_model=str(path), params=params,
                                            verbose=True)  # verbose: no stdout/stderr swap (logs are routed)
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
@@ -62,6 +67,12 @@ class LlamaModelFile:
     def is_eos(self, token_id: int) -> bool:
         return bool(self.llama_cpp.llama_vocab_is_eog(self.vocab, token_id))
 
+    def bos(self) -> int | None:
+        """The BOS token id when the model adds one to a prompt, else None."""
+        if not self.llama_cpp.llama_vocab_get_add_bos(self.vocab):
+            return None
+        return self.llama_cpp.llama_vocab_bos(self.vocab)
+
     def sampler(self, sampling: SamplingParams, n_vocab: int):
         """A llama.cpp sampler chain for these settings (greedy at temperature 0)."""
         chain = self.internals.LlamaSampler()
@@ -79,6 +90,21 @@ class LlamaModelFile:
         self.model.close()
 
 
+class GgufTokenizer:
+    """tokenize / token_bytes / is_eos of a Backend, from its LlamaModelFile (`self.file`)."""
+
+    file: LlamaModelFile
+
+    def tokenize(self, text: bytes) -> list[int]:
+        return self.file.tokenize(text)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.file.token_bytes(token_id)
+
+    def is_eos(self, token_id: int) -> bool:
+        return self.file.is_eos(token_id)
+
+
 class _Slot:
     """One llama.cpp context and its batch buffer: the KV of one session at a time."""
 
@@ -86,7 +112,7 @@ class _Slot:
         self.ctx, self.batch = ctx, batch
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(GgufTokenizer, Backend):
     name = "llama.cpp"
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None):
@@ -111,16 +137,6 @@ class LlamaCppBackend(Backend):
                 self._free.append(session.state)
             session.state = None
             session.forget_kv()
-
-    # -- tokenizer -------------------------------------------------------------------
-    def tokenize(self, text: bytes) -> list[int]:
-        return self.file.tokenize(text)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.file.token_bytes(token_id)
-
-    def is_eos(self, token_id: int) -> bool:
-        return self.file.is_eos(token_id)
 
     # -- the steps of base.Backend ----------------------------------------------------------
     def _open(self, session: Session) -> None:

@@ -1,0 +1,155 @@
+"""The cloud at scale: aggregate generated tok/s and p50/p95 Help latency at 1/4/16/64 concurrent
+sessions for each backend, and the gateway's added latency per call against calling the
+engine directly, all measured in one run on this machine.
+
+    python -m relayllm.training.bench.cloud_scale [--levels 1 4 16 64] [--out runs/cloud_scale.json]
+
+Backends: "llama.cpp" (sessions decoded together in one batch), "llama.cpp-contexts" (a
+context per session), "openai-gateway" (the relay service in front of llama-cpp-python's
+own server, an OpenAI-compatible engine, on loopback). Each level runs the same work per
+session (run_load from bench/cloud.py: the SDK's own client). Ratios are computed from the
+figures of this one run: aggregate tok/s at N sessions / at 1 session; p95 at N / at 1;
+gateway overhead = median wall time of a gateway call / median wall time of the same
+request sent straight to the engine, calls alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from relayllm.training.bench.cloud import PROMPT, client_for, run_load, timed_help
+
+LEVELS = (1, 4, 16, 64)
+
+
+def machine() -> str:
+    """The machine line, read from the machine."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                     "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {model or platform.processor()} x{os.cpu_count()}, load {os.getloadavg()[0]:.1f}"
+
+
+def _engine(gguf, n_ctx: int):
+    from relayllm.training.bench.llama_server import Engine
+
+    return Engine(gguf, n_ctx=n_ctx)
+
+
+def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"), levels=LEVELS,
+          calls_per_session: int = 2, max_tokens: int = 8, max_sessions: int = 16, threads: int = 1,
+          progress=print, save=lambda result: None) -> dict:
+    """Every backend at every level; the figures and the ratios against one session
+    (`save(result)` after each backend, so a long run keeps what it measured)."""
+    from relayllm.cloud.backends import backend_class
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
+
+    config = ServerConfig(max_sessions=max(levels), max_sessions_per_tenant=max(levels),
+                          max_concurrent_streams=2 * max(levels), max_calls_per_tenant=2 * max(levels), max_queue_s=600,
+                          max_call_s=600)
+    out: dict = {"machine": machine(), "levels": list(levels), "calls_per_session": calls_per_session,
+                 "max_tokens": max_tokens, "backends": {}}
+    for name in backends:
+        engine = None
+        if name == "openai-gateway":
+            engine = _engine(gguf, n_ctx=1024)
+            backend = backend_class(name)(engine.url, model=engine.alias, tokenizer=gguf, n_ctx=1024,
+                                          max_sessions=max(levels))
+        else:
+            backend = backend_class(name)(str(gguf), n_ctx=1024, max_sessions=max_sessions, n_threads=threads)
+        rows = []
+        try:
+            with ServerThread(backend, config=config) as server:
+                for n in levels:
+                    progress(f"cloud scale: {name}, {n} sessions")
+                    r = run_load(server.target, sessions=n, calls_per_session=calls_per_session,
+                                 max_tokens=max_tokens, timeout=600).as_dict()
+                    rows.append({k: r[k] for k in ("sessions", "duration_s", "requests", "errors", "resends",
+                                                   "tokens_per_s", "latency_p50_s", "latency_p95_s")})
+            if engine is not None:
+                progress("cloud scale: gateway overhead against the engine alone")
+                out["gateway_overhead"] = gateway_overhead(engine, backend)
+        finally:
+            backend.close()
+            if engine is not None:
+                engine.stop()
+        one = rows[0]
+        for row in rows:
+            row["tok_s_vs_1"] = row["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else float("nan")
+            row["p95_vs_1"] = row["latency_p95_s"] / one["latency_p95_s"] if one["latency_p95_s"] else float("nan")
+        out["backends"][name] = rows
+        save(out)
+    return out
+
+
+def gateway_overhead(engine, backend, *, calls: int = 12, max_tokens: int = 8) -> dict:
+    """One Help through the gateway vs the same completion straight from the engine, alternating.
+    Each gateway call is a fresh session (the whole prompt, as the direct call sends)."""
+    from relayllm.cloud.harness import ServerThread
+
+    direct, gateway = [], []
+    with ServerThread(backend) as server:
+        client = client_for(server.target)
+        try:
+            timed_help(client.session(), PROMPT, max_tokens)  # warm both paths once
+            engine.complete(PROMPT, max_tokens)
+            for _ in range(calls):
+                start = time.perf_counter()
+                engine.complete(PROMPT, max_tokens, stream=False)
+                direct.append(time.perf_counter() - start)
+                gateway.append(timed_help(client.session(), PROMPT, max_tokens).wall_s)
+        finally:
+            client.close()
+    d, g = statistics.median(direct), statistics.median(gateway)
+    return {"calls": calls, "max_tokens": max_tokens, "direct_median_s": d, "gateway_median_s": g,
+            "ratio_of_medians": g / d}
+
+
+def table(result: dict) -> str:
+    lines = [f"machine: {result['machine']}",
+             "| backend | sessions | agg tok/s | x vs 1 | p50 s | p95 s | p95 vs 1 | resends | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in result["backends"].items():
+        for r in rows:
+            lines.append(f"| {name} | {r['sessions']} | {r['tokens_per_s']:.1f} | {r['tok_s_vs_1']:.2f} | "
+                         f"{r['latency_p50_s']:.2f} | {r['latency_p95_s']:.2f} | {r['p95_vs_1']:.2f} | "
+                         f"{r['resends']} | {r['errors']} |")
+    if "gateway_overhead" in result:
+        o = result["gateway_overhead"]
+        lines.append(f"gateway: median {o['gateway_median_s'] * 1e3:.0f} ms vs engine direct "
+                     f"{o['direct_median_s'] * 1e3:.0f} ms per call ({o['max_tokens']} tokens): "
+                     f"{o['ratio_of_medians']:.2f}x (ratio of medians, {o['calls']} calls each, alternating)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from relayllm.edge.models import smollm2_gguf
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    parser.add_argument("--backends", nargs="+", default=["llama.cpp", "llama.cpp-contexts", "openai-gateway"])
+    parser.add_argument("--calls", type=int, default=2, help="Help calls per session at each level")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads of the local backends")
+    parser.add_argument("--out", type=Path, default=Path("runs/cloud_scale.json"))
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = sweep(smollm2_gguf(), backends=args.backends, levels=args.levels, calls_per_session=args.calls,
+                   max_tokens=args.max_tokens, threads=args.threads, progress=lambda m: print(m, flush=True),
+                   save=lambda r: args.out.write_text(json.dumps(r, indent=2)))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
