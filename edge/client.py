@@ -23,6 +23,7 @@ import numpy as np
 
 from relayllm.protos import relay_pb2 as pb
 from relayllm.protos import relay_pb2_grpc
+from relayllm.protos.delta import common_prefix, common_utf8_prefix
 
 Piece = pb.Piece
 
@@ -206,26 +207,6 @@ def _crc(held) -> int:
     return zlib.crc32(np.asarray(held, dtype="<u4").tobytes())
 
 
-def _common_text_prefix(a: bytes, b: bytes) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    while 0 < n < len(b) and (b[n] & 0xC0) == 0x80:  # never split a UTF-8 character
-        n -= 1
-    return n
-
-
-def _common_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class CloudSession:
     """One conversation with the cloud, which keeps its KV cache between calls."""
 
@@ -249,7 +230,7 @@ class CloudSession:
     def _context(self, mode: str, whole, *, full: bool, deadline: float) -> pb.Context:
         base = 0
         if not full and self._held is not None and self._mode == mode:
-            base = (_common_text_prefix if mode == "text" else _common_token_prefix)(self._held, whole)
+            base = (common_utf8_prefix if mode == "text" else common_prefix)(self._held, whole)
         context = pb.Context(base_length=base, base_crc32=_crc(self._held[:base]) if base else 0)
         if mode == "text":
             context.text = whole[base:].decode("utf-8")

@@ -25,3 +25,14 @@ def test_stubs_import_under_the_namespace():
     assert relay_pb2.DESCRIPTOR.package == "relayllm.v1"
     assert "Help" in relay_pb2.DESCRIPTOR.services_by_name["Relay"].methods_by_name
     assert hasattr(relay_pb2_grpc, "RelayStub")
+
+
+def test_deltas_share_the_longest_common_prefix_and_never_cut_a_character():
+    from relayllm.protos.delta import common_prefix, common_utf8_prefix
+
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0 and common_prefix([1, 2], [1, 2]) == 2
+    held, now = "café au".encode(), "cafè au lait".encode()  # é and è share their first byte
+    assert common_prefix(held, now) == 4  # "caf" + the shared lead byte
+    assert common_utf8_prefix(held, now) == 3  # back to the whole character
+    assert now[:common_utf8_prefix(held, now)].decode() == "caf"

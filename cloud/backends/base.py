@@ -17,9 +17,10 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 from relayllm.cloud.sessions import Session, SessionCache
+from relayllm.protos.delta import common_prefix
 
 FINISH_LENGTH = "length"
 FINISH_EOS = "eos"
@@ -43,16 +44,6 @@ class Usage:
     prefill_s: float = 0.0
     generate_s: float = 0.0
     queue_s: float = 0.0
-
-
-def common_prefix(a: Sequence, b: Sequence) -> int:
-    """Length of the longest common prefix of two sequences (token ids, bytes)."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def timed() -> Callable[[], float]:

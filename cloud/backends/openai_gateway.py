@@ -37,10 +37,11 @@ from typing import Callable
 import grpc
 import httpx
 
-from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage, common_prefix, timed
+from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage, timed
 from relayllm.cloud.backends.llamacpp import GgufTokenizer, LlamaModelFile
 from relayllm.cloud.planning import Refused
 from relayllm.cloud.sessions import Session, SessionCache
+from relayllm.protos.delta import common_prefix
 
 log = logging.getLogger("relayllm.cloud.gateway")
 
