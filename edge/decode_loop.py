@@ -127,10 +127,8 @@ class Request:
 
         # 1) Check and prefill the prompt; start the cloud's view when text may go out.
         llm, limits, prompt_text, prompt_ids = self.llm, self.limits, self.prompt_text, self.prompt_ids
-        if not prompt_ids:
+        if not prompt_ids:  # (RelayDecoder.request already checked that the prompt fits the context)
             raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= llm.n_ctx():
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the SLM's context holds {llm.n_ctx()}")
         if self.link.active:
             clean = remove_commands(prompt_text)
             self.view = CloudView(self.vocab, prompt_ids, clean, clean == prompt_text)
