@@ -260,11 +260,13 @@ class CloudSession:
     # -- calls --------------------------------------------------------------------------
     def help(self, *, text: str | None = None, tokens: Sequence[int] | None = None, max_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-             deadline_s: float | None = None) -> Iterator[pb.Piece]:
+             deadline_s: float | None = None, stopped=None) -> Iterator[pb.Piece]:
         """Stream the LLM's continuation of the whole context `text` (or `tokens`).
 
         Yields Pieces as they arrive; .last_done holds the Done afterwards. Raises
-        CloudError after yielding whatever arrived.
+        CloudError after yielding whatever arrived. `stopped` (a callable) is asked once the
+        call is registered for cancel(): a cancel that came while the call was being set up,
+        when there was no call yet to cut, is honoured instead of lost.
         """
         mode, whole = self._whole(text, tokens)
         deadline = self._deadline(deadline_s)
@@ -282,6 +284,8 @@ class CloudSession:
             if remaining <= 0:
                 raise self._fail("deadline", "no time left for the call")
             call = self._call = self.client.stub.Help(request, timeout=remaining, metadata=self.client.metadata)
+            if stopped is not None and stopped():
+                call.cancel()  # cancel() ran before self._call was set (the caller sets its flag first)
             generated_text: list[str] = []
             generated_ids: list[int] = []
             done = None

@@ -62,7 +62,7 @@ class CloudLink:
         return self.privacy.budget.allow(n)
 
     # -- calls ----------------------------------------------------------------------------
-    def help(self, view, n: int, sampling):
+    def help(self, view, n: int, sampling, stopped=None):
         """(stream of pieces, token mode) for a call asking for `n` tokens."""
         self.wait_for_sync()
         session = self.open_session()
@@ -70,7 +70,8 @@ class CloudLink:
         self.sent_anything = True
         self._pending_audit = self.privacy.audit.sent(session.id, "help", context, n) if self.privacy.audit else None
         stream = session.help(**context, max_tokens=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                              top_k=sampling.top_k, seed=sampling.seed, deadline_s=self.deadline_s)
+                              top_k=sampling.top_k, seed=sampling.seed, deadline_s=self.deadline_s,
+                              stopped=stopped)
         return stream, self.token_mode
 
     def last_done(self):

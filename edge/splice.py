@@ -115,7 +115,7 @@ def call_and_splice(req, requested: int, trigger: str) -> Iterator:
     ended = False
     token_mode = False
     try:
-        stream, token_mode = req.link.help(req.view, n, req.sampling)
+        stream, token_mode = req.link.help(req.view, n, req.sampling, stopped=lambda: req.cancelled)
         for piece in stream:
             if token_mode:
                 token = int(piece.token_id)

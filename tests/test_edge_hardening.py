@@ -54,6 +54,39 @@ def test_cancelling_an_asyncio_stream_cancels_the_cloud_call_at_once(slm):
         hang.close()
 
 
+def test_a_cancel_while_the_call_is_being_set_up_is_not_lost(slm):
+    """The race CI once hit: the cancel lands after gRPC sent the call but before the SDK
+    registered it for cancel(). Injected here by cancelling from inside stub.Help."""
+    from relayllm.edge import Limits, RelayDecoder
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.routers import AlwaysLLMRouter
+    from relayllm.protos.fingerprint import tokenizer_fingerprint
+
+    hang = HangingRelay(tokenizer_fingerprint(slm))
+    client = CloudClient(hang.target, deadline_s=60)
+    decoder = RelayDecoder(slm, cloud=client, router=AlwaysLLMRouter(4), deadline_s=60,
+                           limits=Limits(max_total_tokens=16))
+    real_help = client.stub.Help
+
+    def help_then_cancel(*args, **kwargs):
+        call = real_help(*args, **kwargs)
+        hang.started.wait(20)
+        decoder.cancel()
+        return call
+
+    client.stub.Help = help_then_cancel
+    try:
+        start = time.monotonic()
+        result = decoder.generate(PROMPT)
+        took = time.monotonic() - start
+        assert hang.cancelled.wait(5)
+        assert took < 5, took  # not the 60 s deadline
+        assert result.finish_reason == "cancelled" and result.llm_tokens == 0
+    finally:
+        client.close()
+        hang.close()
+
+
 def test_seed_zero_is_random_like_the_proto_and_other_seeds_repeat(slm):
     from relayllm.edge import Limits, RelayDecoder, Sampling
 
