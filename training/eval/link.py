@@ -51,6 +51,8 @@ class DelayLink:
                  asyncio.ensure_future(self._delay(server_r, client_w))]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the link is closing: end this connection quietly
         finally:
             for p in pumps:
                 p.cancel()
