@@ -117,3 +117,17 @@ def test_wall_over_a_real_delay_line_is_loopback_plus_a_round_trip_per_call(smol
     assert all(r.llm_tokens > 0 for r in linked.records)
     assert all(r.cloud_generated > 0 and r.cloud_s > 0 and r.cloud_prefilled > 0 for r in linked.records)
     assert all(r.cloud_wait_s >= rtt * 0.9 for r in linked.records)
+
+
+def test_pair_sizes_and_decode_cost_are_read_from_the_gguf(smollm2_path):
+    from relayllm.training.eval import machine
+
+    size = machine.model_size(smollm2_path)
+    # SmolLM2-135M: ~135M parameters, of which the 49152 x 576 token embedding (its output layer is tied)
+    assert 120e6 < size["parameters"] < 150e6
+    assert size["embedding_parameters"] >= 49152 * 576
+    assert size["non_embedding_parameters"] == size["parameters"] - size["embedding_parameters"]
+    cost = machine.decode_cost(smollm2_path, tokens=4, repeats=1)
+    assert 0 < cost["s_per_token"] < 5
+    info = machine.machine_info()
+    assert info["cores"] >= 1 and info["cpu"]
