@@ -110,10 +110,13 @@ def test_wall_over_a_real_delay_line_is_loopback_plus_a_round_trip_per_call(smol
             linked = ev.run_llm(examples, smollm2_path)
             assert time.perf_counter() - t0 >= rtt * linked.calls_per_question * len(examples)
     assert [r.response for r in linked.records] == [r.response for r in direct.records]
-    modelled = E.wall_with_link_per_answer(direct, rtt)
-    measured = linked.per_answer("wall_s")
-    assert measured >= direct.per_answer("wall_s") + 0.8 * rtt * direct.calls_per_question
-    assert measured == pytest.approx(modelled, abs=0.6 * rtt)  # one round trip per call, not one per piece
+    # compute time varies run to run on busy cores; the cloud's own seconds for each call do
+    # not hide the link: the edge's wait beyond them is about one round trip per call with
+    # the link (not one per piece: 8 pieces would be 1.6 s), close to none without it
+    for r in linked.records:
+        assert 0.9 * rtt * r.calls <= r.cloud_wait_s - r.cloud_s <= 1.75 * rtt * r.calls
+    for r in direct.records:
+        assert r.cloud_wait_s - r.cloud_s < 0.5 * rtt * max(1, r.calls)
     assert all(r.llm_tokens > 0 for r in linked.records)
     assert all(r.cloud_generated > 0 and r.cloud_s > 0 and r.cloud_prefilled > 0 for r in linked.records)
     assert all(r.cloud_wait_s >= rtt * 0.9 for r in linked.records)
