@@ -25,6 +25,7 @@ HELP = "build the default models, start a cloud on loopback, print the relay tab
 
 import argparse
 import json
+from dataclasses import replace
 import sys
 import time
 from pathlib import Path
@@ -33,9 +34,9 @@ from pathlib import Path
 # minutes on 2 CPU cores; --fast is for a quick look (and the tests). The random router's p
 # rises until it reaches relay's accuracy (the LLM alone is p = 1). Relay's settings: None =
 # the relay mode's own default (training/eval/modes.py).
-FULL = {"validation": 100, "test": 300, "relay_settings": (), "random_p": (0.05, 0.1, 0.2, 0.4, 0.6, 0.8),
+FULL = {"validation": 100, "test": 300, "relay_settings": (None, 0.3, 0.1, 0.03), "random_p": (0.05, 0.1, 0.2, 0.4, 0.6, 0.8),
         "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75), "router_thresholds": (0.5, 0.9, 0.98)}
-FAST = {"validation": 8, "test": 12, "relay_settings": (), "random_p": (0.15, 0.5), "thresholds": (0.6, 0.9),
+FAST = {"validation": 8, "test": 12, "relay_settings": (None, 0.1), "random_p": (0.15, 0.5), "thresholds": (0.6, 0.9),
         "query_shares": (0.5,), "router_thresholds": (0.5, 0.9)}
 
 
@@ -86,6 +87,14 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_all_modes(models, out, ratio_cap=args.ratio_cap, max_tokens=args.max_tokens, seed=args.seed,
                             progress=progress, **config)
+    curves = getattr(models, "relay_grpo_curves", None)
+    if curves and Path(curves).is_file():  # the relay SLM's GRPO run: reward, accuracy, calls, LLM tokens, KL
+        import shutil
+
+        shutil.copy(curves, out / Path(curves).name)
+        summary["files"]["grpo_curves"] = str(out / Path(curves).name)
+    summary["relay_training"] = {k: models.info.get(k) for k in (
+        "relay_stages", "relay_command_context", "relay_recipe", "relay_warmup_s", "relay_grpo_s", "relay_build_s")}
     summary["model_build_s"] = build_s
     summary["total_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -103,7 +112,7 @@ def say(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-TUNED_MODES = ("relay", "confidence", "query", "r2r", "citer")
+TUNED_MODES = ("relay", "relay-warmup", "confidence", "query", "r2r", "citer")
 
 
 def sweep(ev, examples, models, *, relay_settings, thresholds, query_shares, router_thresholds,
@@ -116,12 +125,19 @@ def sweep(ev, examples, models, *, relay_settings, thresholds, query_shares, rou
         return [only[mode]] if only is not None and mode in only else list(default)
 
     slm, llm = slm_llm or (ev.run_slm(examples, models.slm), ev.run_llm(examples, models.slm))
-    relay_list = settings("relay", relay_settings)
-    runs = {"slm": [slm], "llm": [llm],
-            "relay": E.run_named_mode(ev, "relay", examples, models.relay_slm, out=None,
-                                      thresholds=relay_list or None),
+    context = getattr(models, "relay_command_context", "keep")
+
+    def relay_runs(mode, gguf):  # relay's own commands; each setting a calibration (None: none)
+        got = E.run_named_mode(ev, "relay", examples, gguf, out=None, command_context=context,
+                               thresholds=settings(mode, relay_settings) or None)
+        return [replace(r, mode=mode) for r in got]
+
+    runs = {"slm": [slm], "llm": [llm], "relay": relay_runs("relay", models.relay_slm),
             "confidence": [ev.run_confidence(examples, models.slm, t) for t in settings("confidence", thresholds)],
             "query": [ev.run_query(slm, llm, s) for s in query_shares]}  # free: reuses slm and llm records
+    warm = getattr(models, "relay_warmup_slm", None)
+    if warm and Path(warm) != Path(models.relay_slm):  # the warm-up alone, to show what GRPO adds
+        runs["relay-warmup"] = relay_runs("relay-warmup", warm)
     for mode in E.LEARNED_ROUTER_MODES:
         router_file = getattr(models, f"{mode}_router", None)
         if router_file and Path(router_file).is_file():
@@ -182,6 +198,18 @@ def run_all_modes(models, out: str | Path, *, validation: int, test: int, random
     return _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair)
 
 
+def _frontier_lines(val) -> list[str]:
+    """GRPO against the warm-up alone on validation, setting by setting (the frontier)."""
+    if "relay-warmup" not in val:
+        return []
+    warm = {r.setting: r for r in val["relay-warmup"]}
+    pairs = [(g, warm[g.setting]) for g in val["relay"] if g.setting in warm]
+    return ["GRPO vs warm-up alone on validation (accuracy at LLM token ratio): " + "; ".join(
+        f"{'no calibration' if g.setting is None else f'call_threshold={g.setting:g}'}: "
+        f"{g.accuracy:.1%} at {g.llm_token_ratio:.2%} vs {w.accuracy:.1%} at {w.llm_token_ratio:.2%}"
+        for g, w in pairs)]
+
+
 def _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair) -> dict:
     """results.md, the plots and the summary from the two passes."""
     from relayllm.training import eval as E
@@ -191,7 +219,10 @@ def _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair) -> di
     slm, llm = tst["slm"][0], tst["llm"][0]
     chosen = {m: E.chosen_run(tst[m], c) for m, c in choices.items()}
     relay = chosen["relay"]
-    rows = [slm, llm, relay, *tst["random"], *(chosen[m] for m in TUNED_MODES if m in chosen and m != "relay")]
+    uncalibrated = [r for m in ("relay", "relay-warmup") for r in tst.get(m, ())
+                    if r.setting is None and r is not chosen.get(m)]  # relay with and without the knob
+    rows = [slm, llm, relay, *uncalibrated, *tst["random"],
+            *(chosen[m] for m in TUNED_MODES if m in chosen and m != "relay")]
     labels = [r.label + (" (chosen)" if r.mode in chosen else "") for r in rows]
     gap = E.gap_recovered(slm.accuracy, relay.accuracy, llm.accuracy)
     cost = E.saved_vs_random(relay, tst["random"])
@@ -209,6 +240,7 @@ def _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair) -> di
         f"gap recovered (relay - slm) / (llm - slm): {E.fmt_fraction(gap)}"
         + ("" if gap is not None else " (the LLM is no better than the SLM here)"),
         f"LLM tokens saved vs the random router at relay's accuracy: {cost.note}",
+        *_frontier_lines(val),
         f"wall time: loopback plus {E.LINK_RTT_S * 1000:g} ms per cloud call (a simulated round trip)",
     ]
     headline_text = "\n".join(f"- {h}" for h in headline)

@@ -16,6 +16,7 @@ MODE_COLOURS = {
     "slm": "tab:gray",
     "llm": "black",
     "relay": "tab:red",
+    "relay-warmup": "tab:pink",
     "random": "tab:blue",
     "query": "tab:green",
     "confidence": "tab:orange",
