@@ -88,7 +88,8 @@ class BatchedTransformersBackend(TransformersBackend):
         try:
             if self.manager.add_request(list(tokens), request_id=request_id, max_new_tokens=max_new_tokens,
                                         streaming=True, eos_token_id=sorted(self._eos) or -1) is None:
-                raise Refused(grpc.StatusCode.UNAVAILABLE, "the batching engine is not accepting requests (stopping or failed)")
+                raise Refused(grpc.StatusCode.UNAVAILABLE,
+                              "the batching engine is not accepting requests (stopping or failed)")
             while True:
                 stop = should_stop()
                 if stop:
@@ -100,7 +101,8 @@ class BatchedTransformersBackend(TransformersBackend):
                 except queue.Empty:
                     continue
                 if output is None or output.error:
-                    raise Refused(grpc.StatusCode.UNAVAILABLE, f"the batching engine failed: {output.error if output else 'stopped'}")
+                    why = output.error if output is not None else "it stopped"
+                    raise Refused(grpc.StatusCode.UNAVAILABLE, f"the batching engine failed: {why}")
                 for token in output.generated_tokens[len(generated):]:  # each output holds all tokens so far
                     if self.is_eos(token):
                         finish = FINISH_EOS

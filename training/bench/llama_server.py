@@ -132,7 +132,8 @@ class LlamaServer(_Subprocess):
                  binary: Path | None = None):
         binary = binary or llama_server_binary()
         if binary is None:
-            raise FileNotFoundError("no llama-server binary: run .ci/setup (it builds one) or set RELAYLLM_LLAMA_SERVER")
+            raise FileNotFoundError("no llama-server binary: run .ci/setup (it builds one) "
+                                    "or set RELAYLLM_LLAMA_SERVER")
         port = free_port()
         self.parallel = parallel
         super().__init__([str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
