@@ -23,6 +23,15 @@ from relayllm.edge.splice import CloudView, call_and_splice
 from relayllm.protos.grammar import CommandDetector, command_at_end, remove_commands
 
 
+def call_probability(logits, call_id: int) -> float:
+    """softmax(logits)[call_id], skipping the sum when it is clearly small (most tokens)."""
+    top = float(logits.max())
+    if logits[call_id] - top < -20.0:
+        return 0.0
+    z = np.exp(logits.astype(np.float64) - top)
+    return float(z[call_id] / z.sum())
+
+
 class Request:
     """The state of one answer: counters, spans, the detector, the cloud's view."""
 
@@ -97,6 +106,12 @@ class Request:
         self.prompt_evaluated = len(prompt_ids) - reuse
         llm.eval(prompt_ids[reuse:])
 
+    def command_start(self) -> int | None:
+        """The KV position of the `<call>` token that opened the command just written."""
+        held = self.llm.input_ids[: self.llm.n_tokens]
+        where = np.nonzero(held == self.d.call_open_id)[0]
+        return int(where[-1]) if len(where) else None
+
     def room(self) -> int:
         """Tokens that still fit in the SLM's context."""
         return self.llm.n_ctx() - self.llm.n_tokens
@@ -140,6 +155,8 @@ class Request:
         sampler = make_sampler(self.sampling)
         chain = sampler.sampler
         router, n_vocab = self.router, llm.n_vocab()
+        nudge = self.d.call_nudge if self.link.active else None
+        drop = self.d.command_context == "drop"
         token_bytes, decode, feed = self.vocab.token_bytes, self.utf8.decode, self.detector.feed
         view = self.view
         sync = view is not None and self.link.sync_every_tokens > 0
@@ -163,6 +180,10 @@ class Request:
                 finish = "context"
                 break
             token = sample(chain, ctx, -1)
+            if nudge is not None and token != nudge[0] and not self.detector.pending and self.calls < limits.max_calls:
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+                if call_probability(logits, nudge[0]) >= nudge[1]:
+                    token = nudge[0]  # the calibration: the SLM writes `<call>`, then N and `</call>` itself
             if router is not None:
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
                 wanted = int(router.decide(TokenStep(logits, token, self.slm_tokens + self.llm_tokens,
@@ -193,7 +214,8 @@ class Request:
                     self.link.maybe_sync(view)
             if command is not None:
                 yield from self.release_held()
-                _, ended = yield from call_and_splice(self, command.tokens, "command")
+                start = self.command_start() if drop else None
+                _, ended = yield from call_and_splice(self, command.tokens, "command", drop_from=start)
                 if ended:
                     finish = "eos"
                     break

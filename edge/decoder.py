@@ -65,13 +65,19 @@ class RelayDecoder:
     sync_every_tokens: background session sync period (0 = off). chat: apply the GGUF's
     chat template to `stream`/`generate` prompts (a single user turn). privacy: a
     relayllm.edge.privacy.Privacy (local-only, budget per day, redaction, audit log).
-    call_threshold: the LLM writes `call_tokens` tokens whenever the relay SLM's own
-    probability of `<call>` reaches it (routers.CallTokenRouter).
+    call_threshold: a calibration of how often a relay-trained SLM calls: where its own
+    probability of `<call>` reaches it, the SLM writes `<call>` (and then N and `</call>`
+    itself: it still chooses how much help). None: its own sampling alone decides.
+    command_context: "keep" (the paper's protocol: the command stays in the SLM's context and
+    the LLM's tokens follow it) or "drop" (the command's tokens leave the SLM's KV cache before
+    the LLM's tokens are spliced in; for an SLM trained on clean-context rows). The protocol
+    as a whole: docs/relay-protocol.md.
     """
 
     def __init__(self, slm, *, cloud=None, limits: Limits = Limits(), sampling: Sampling = Sampling(),
                  router=None, deadline_s: float = 10.0, sync_every_tokens: int = 0, chat: bool = False,
-                 n_ctx: int = 2048, call_threshold: float | None = None, call_tokens: int = 4, privacy=None):
+                 n_ctx: int = 2048, call_threshold: float | None = None, command_context: str = "keep",
+                 privacy=None):
         from relayllm.edge.models import load_slm
         from relayllm.edge.privacy import Privacy
         from relayllm.edge.vocab import Vocab
@@ -80,17 +86,23 @@ class RelayDecoder:
         self.llm = load_slm(slm, n_ctx=n_ctx) if isinstance(slm, (str, Path)) else slm
         self.vocab = Vocab(self.llm)
         self.cloud = cloud
-        # 2) The router: given, or relay's own knob on a relay-trained SLM.
-        if call_threshold is not None:
-            if router is not None:
-                raise ValueError("give a router or a call_threshold, not both")
+        # 2) The router (a per-token hook), and relay's calibration on a relay-trained SLM.
+        if command_context not in ("keep", "drop"):
+            raise ValueError(f"command_context must be 'keep' or 'drop', got {command_context!r}")
+        self.command_context = command_context
+        self.call_nudge = None  # (id of `<call>`, threshold)
+        if call_threshold is not None and router is not None:
+            raise ValueError("give a router or a call_threshold, not both")
+        if call_threshold is not None or command_context == "drop":
             ids = self.vocab.markup("<call>")
             if len(ids) != 1:
-                raise ValueError("call_threshold needs an SLM with `<call>` as one token (a relay-trained SLM); "
-                                 f"this one splits it into {len(ids)} tokens")
-            from relayllm.edge.routers import CallTokenRouter
-
-            router = CallTokenRouter(ids[0], call_threshold, call_tokens)
+                raise ValueError("call_threshold and command_context='drop' need an SLM with `<call>` as one token "
+                                 f"(a relay-trained SLM); this one splits it into {len(ids)} tokens")
+            self.call_open_id = ids[0]
+        if call_threshold is not None:
+            if not 0.0 < call_threshold <= 1.0:
+                raise ValueError(f"call_threshold must be in (0, 1], got {call_threshold}")
+            self.call_nudge = (self.call_open_id, float(call_threshold))
         self.limits = limits
         self.sampling = sampling
         self.router = router

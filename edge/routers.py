@@ -9,9 +9,6 @@ write from here; 0 lets the SLM write its token.
   paper's main baseline: "a random router that reaches the same accuracy").
 - ConfidenceRouter(threshold): the LLM writes the token when the SLM's top probability is
   below the threshold.
-- CallTokenRouter(call_id, threshold, n): relay's own decision, read from the relay SLM:
-  the LLM writes `n` tokens when the SLM's probability of `<call>` reaches the threshold
-  (RelayDecoder(call_threshold=...) sets it up).
 - AlwaysLLMRouter(): the LLM writes everything (the "llm" mode through the same code path,
   the same Help RPC and the same counters as every other mode).
 
@@ -115,34 +112,3 @@ class AlwaysLLMRouter:
 
     def __repr__(self) -> str:
         return f"AlwaysLLMRouter(run={self.run})"
-
-
-class CallTokenRouter:
-    """Relay decoding with a knob: the LLM writes `n` tokens whenever the relay SLM's own
-    probability of `<call>` is at least `threshold` (or `<call>` is its pick anyway).
-
-    Why a threshold and not greedy alone: a relay-trained SLM ranks the steps it needs help
-    with well, but under greedy decoding `<call>` rarely beats a likely digit. And why as a
-    router: the command then never enters the SLM's context, which keeps the positions of
-    the text where a small model expects them (a command written into the context shifted
-    them and cost the tiny default SLM most of its accuracy)."""
-
-    def __init__(self, call_id: int, threshold: float, n: int = 4):
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"call_threshold must be in (0, 1], got {threshold}")
-        if n < 1:
-            raise ValueError(f"call_tokens must be >= 1, got {n}")
-        self.call_id, self.threshold, self.n = int(call_id), float(threshold), int(n)
-
-    def probability(self, logits) -> float:
-        z = np.asarray(logits, dtype=np.float64).ravel()
-        z = z - z.max()
-        return float(np.exp(z[self.call_id]) / np.exp(z).sum())
-
-    def decide(self, step) -> int:
-        if int(step.token) == self.call_id or self.probability(step.logits) >= self.threshold:
-            return self.n
-        return 0
-
-    def __repr__(self) -> str:
-        return f"CallTokenRouter(call_id={self.call_id}, threshold={self.threshold:g}, n={self.n})"

@@ -87,9 +87,11 @@ def _call_error(exc: Exception) -> str:
     return detail if reason and detail.startswith(reason) else f"{reason or type(exc).__name__}: {detail}"
 
 
-def call_and_splice(req, requested: int, trigger: str) -> Iterator:
+def call_and_splice(req, requested: int, trigger: str, drop_from: int | None = None) -> Iterator:
     """Asks the LLM for up to `requested` tokens and splices them into the SLM's context.
-    A generator of events (for `yield from`); returns (tokens spliced, the text ended)."""
+    A generator of events (for `yield from`); returns (tokens spliced, the text ended).
+    `drop_from`: a KV position; when the LLM wrote something, the SLM's context is cut back to
+    it before the splice (command_context="drop": the command leaves the SLM's context)."""
     # 1) How many tokens this call may have: the request's limits, the day's budget, the room.
     limits = req.limits
     n = min(requested, limits.max_llm_tokens - req.llm_tokens,
@@ -142,6 +144,8 @@ def call_and_splice(req, requested: int, trigger: str) -> Iterator:
     # 3) The splice: only the new tokens are evaluated, on top of the kept KV cache.
     if not token_mode:
         ids = req.vocab.text("".join(texts)) if texts else []
+    if drop_from is not None and ids and req.llm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
+        req.llm.n_tokens = drop_from
     ids = ids[: max(0, req.room() - 1)]
     append_tokens(req.llm, ids)
     req.llm_tokens += len(ids)

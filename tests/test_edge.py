@@ -387,20 +387,12 @@ def test_generate_cli_marks_cloud_spans_and_reports_bad_input(cloud, smollm2_pat
     assert broken.returncode == 2 and "cannot load" in broken.stderr
 
 
-def test_call_token_router_fires_on_the_slms_own_call_probability():
-    from types import SimpleNamespace
+def test_call_probability_is_the_softmax_of_call():
+    from relayllm.edge.decode_loop import call_probability
 
-    from relayllm.edge.routers import CallTokenRouter
-
-    router = CallTokenRouter(call_id=3, threshold=0.2, n=4)
-    logits = np.log(np.array([0.5, 0.25, 0.1, 0.15]))  # <call> (id 3) at 15%: below 0.2
-    assert router.probability(logits) == pytest.approx(0.15)
-    assert router.decide(SimpleNamespace(logits=logits, token=0)) == 0
-    logits = np.log(np.array([0.45, 0.25, 0.05, 0.25]))  # 25%: not the top token, still a call
-    assert router.decide(SimpleNamespace(logits=logits, token=0)) == 4
-    assert router.decide(SimpleNamespace(logits=np.zeros(4), token=3)) == 4  # picked anyway
-    with pytest.raises(ValueError, match="call_threshold"):
-        CallTokenRouter(call_id=3, threshold=0.0)
+    logits = np.log(np.array([0.5, 0.25, 0.1, 0.15], dtype=np.float32))
+    assert call_probability(logits, 3) == pytest.approx(0.15, rel=1e-5)
+    assert call_probability(np.array([0.0, 30.0, 0.0], dtype=np.float32), 0) == 0.0  # far below the top
 
 
 def test_call_threshold_needs_a_relay_slm(slm):
@@ -409,5 +401,9 @@ def test_call_threshold_needs_a_relay_slm(slm):
     # SmolLM2 has no single `<call>` token: a clear error, not a silent no-op
     with pytest.raises(ValueError, match="relay-trained SLM"):
         RelayDecoder(slm, call_threshold=0.1)
+    with pytest.raises(ValueError, match="relay-trained SLM"):
+        RelayDecoder(slm, command_context="drop")
+    with pytest.raises(ValueError, match="keep"):
+        RelayDecoder(slm, command_context="clean")
     with pytest.raises(ValueError, match="not both"):
         RelayDecoder(slm, call_threshold=0.1, router=object())

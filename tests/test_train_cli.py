@@ -82,8 +82,8 @@ quants = ["q8_0"]
 """)
     assert main(["train", "all", "--config", str(cfg), "--no-progress", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    # two answers without their commands + one row per command (clean-context rows)
-    assert "warm-up: 4 examples, 2 commands" in out
+    # two answers, each with its command inline (the paper's protocol: commands stay in context)
+    assert "warm-up: 2 examples, 2 commands" in out
     assert "grpo step 1: reward" in out
     run = tmp_path / "run"
     assert json.loads((run / "grpo" / "grpo_done.json").read_text())["steps"] == 1

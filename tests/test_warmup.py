@@ -27,7 +27,8 @@ def ids(tok):
 
 def test_guided_calls_where_the_slm_departs_and_the_llm_writes_the_next_n(tok, ids):
     slm, llm = rm.bigram_model(tok, rm.SLM_DIVERGING), rm.bigram_model(tok, rm.LLM_TRANSITIONS)
-    [ex] = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2, progress=False)
+    [ex] = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2, progress=False,
+                                 n_rule="fixed")
     eos = tok.eos_token_id
     # the SLM would write "6" after "5": the command goes there, the LLM writes ";#", the path goes on
     assert ex.prompt_ids == ids(rm.PROMPT)
@@ -39,7 +40,8 @@ def test_guided_calls_where_the_slm_departs_and_the_llm_writes_the_next_n(tok, i
 
 def test_clean_context_rows_keep_commands_out_of_the_context(tok, ids):
     slm, llm = rm.bigram_model(tok, rm.SLM_DIVERGING), rm.bigram_model(tok, rm.LLM_TRANSITIONS)
-    [ex] = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2, progress=False)
+    [ex] = warmup.build_examples(slm, llm, tok, [(rm.PROMPT, rm.ANSWER)], strategy="guided", n_call=2, progress=False,
+                                 n_rule="fixed")
     open_id, close_id = tok.convert_tokens_to_ids(["<call>", "</call>"])
     answer, call = warmup.clean_context_rows(ex, open_id, close_id)
     eos = tok.eos_token_id
@@ -152,7 +154,7 @@ def test_run_warmup_trains_and_resumes(tmp_path):
     warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, n_call=2, steps=2, batch_size=4, save_steps=1, lr=1e-2,
                       call_below=0.0, progress=False)
     first = json.loads((out / warmup.DONE_MARK).read_text())
-    assert first["steps"] == 2 and first["calls"] == 8 and first["llm_tokens"] == 16
+    assert first["steps"] == 2 and first["calls"] == 8 and first["llm_tokens"] == 8  # N=1: back on the path after one
     assert (out / "checkpoint-2").is_dir()
     # a finished run is reused as is
     assert warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, steps=2, progress=False) == out
@@ -165,3 +167,14 @@ def test_run_warmup_trains_and_resumes(tmp_path):
     model, tokenizer = load_checkpoint(out)
     assert tokenizer.convert_tokens_to_ids(["<call>", "</call>"]) == [49152, 49153]
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+
+def test_n_is_the_span_that_brings_the_slm_back_onto_the_llms_path():
+    path, greedy = [1, 2, 3, 4, 5, 6], [9, 9, 9, 4, 9, 6]  # off for 3 tokens, back, off for 1
+    assert warmup.recovery_span(path, greedy, 0, 8) == 3
+    assert warmup.recovery_span(path, greedy, 0, 2) == 2  # capped at n_call
+    assert warmup.recovery_span(path, greedy, 4, 8) == 1
+    ex = warmup.insert_guided(path, greedy, _FakeTok(), n_call=8, max_calls=2)
+    assert ex.calls == 2 and sum(ex.llm_mask) == 4  # 3 + 1 LLM tokens, each span as long as needed
+    fixed = warmup.insert_guided(path, greedy, _FakeTok(), n_call=2, max_calls=2, n_rule="fixed")
+    assert sum(fixed.llm_mask) == 4  # 2 + 2

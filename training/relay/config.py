@@ -62,14 +62,17 @@ class WarmupConfig:
                                        "the model sees it, graded as the built-in task")
     strategy: str = _f("guided", "'guided': commands where the SLM departs from the LLM's path; "
                                  "'random': the paper's, commands at random positions of the SLM's own solutions")
-    n_call: int = _f(4, "N in the taught command: tokens the LLM writes per call")
+    n_call: int = _f(8, "N in the taught command at most (n_rule 'fixed': always)")
+    n_rule: str = _f("recover", "'recover': N = the LLM span that brings the SLM back onto the LLM's path; "
+                                "'fixed': N = n_call")
     max_calls: int = _f(3, "commands per example at most")
-    call_below: float = _f(0.6, "guided: also call where the SLM's top probability is under this")
+    call_below: float = _f(0.0, "guided: also call where the SLM's top probability is under this (0: off)")
     solved_only: bool = _f(True, "keep only solutions that reach the gold answer (false: keep every one, "
                                  "e.g. a smoke run with models that solve nothing)")
     max_new_tokens: int = _f(64, "length of the solutions the warm-up rows are built from")
     train_llm_tokens: bool = _f(False, "keep the LLM's tokens in the loss (the reference does)")
-    clean_context: bool = _f(True, "guided: rows for an edge that keeps commands out of the SLM's context")
+    clean_context: bool = _f(False, "guided: rows for an edge that drops commands from the SLM's context "
+                                    "(RelayDecoder(command_context='drop')); false: the paper's, commands stay")
     epochs: float = _f(1.0, "epochs over the rows (steps wins when > 0)")
     steps: int = _f(80, "optimizer steps (-1: by epochs)")
     lr: float = _f(1e-3, "learning rate (the paper: 2e-5 on 1.7B; this default is for the tiny models)")
@@ -83,6 +86,7 @@ class WarmupConfig:
         for name in ("n_examples", "n_call", "max_new_tokens", "batch_size", "save_steps"):
             _need(getattr(self, name) >= 1, "warmup", f"{name} must be at least 1, got {getattr(self, name)}")
         _need(self.max_calls >= 0, "warmup", f"max_calls must be >= 0, got {self.max_calls}")
+        _need(self.n_rule in ("recover", "fixed"), "warmup", f"n_rule must be 'recover' or 'fixed', got {self.n_rule!r}")
         _need(0.0 <= self.call_below <= 1.0, "warmup", f"call_below is a probability, got {self.call_below}")
         _need(self.steps == -1 or self.steps >= 1, "warmup", f"steps must be >= 1 (or -1: by epochs), got {self.steps}")
         _need(self.lr > 0 and self.epochs > 0, "warmup", "lr and epochs must be > 0")
@@ -106,7 +110,8 @@ class GrpoConfig:
     kl: float = _f(1e-2, "KL coefficient (beta)")
     clip: float = _f(0.2, "PPO clip epsilon")
     temperature: float = _f(1.0, "the SLM's sampling temperature in rollouts")
-    llm_temperature: float = _f(0.7, "the helper LLM's sampling temperature")
+    llm_temperature: float = _f(0.0, "the helper LLM's sampling temperature: 0 = greedy, the same as the "
+                                     "evaluation harness (one setting for training and evaluation)")
     max_tokens: int = _f(64, "response tokens per rollout")
     max_calls: int = _f(2, "calls per rollout at most (the reference: 2)")
     llm_solvable_only: bool = _f(True, "train on questions the in-process LLM solves greedily")

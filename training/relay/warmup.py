@@ -8,11 +8,13 @@ The data are built from prompts with known answers, in one of two strategies:
 - "guided": the LLM solves the prompt greedily (rows it gets wrong are dropped); along that
   path the SLM is teacher-forced, and at the first position where the SLM's greedy token
   departs from the LLM's, the SLM writes `<call>N</call>`, then the LLM's next N tokens
-  follow (written by the LLM), then the path goes on, up to `max_calls` commands. Before
-  each divergence the path is exactly what the SLM would write greedily. With
-  `call_below`, a command also goes where the SLM's top probability is under that value.
-  With `clean_context` (default) each example becomes rows for an edge that keeps commands
-  out of the SLM's context: the answer without commands, and one row per command.
+  follow (written by the LLM), then the path goes on, up to `max_calls` commands. N varies:
+  the span of the LLM's tokens that brings the SLM back onto the path (the next position
+  where the SLM's own greedy choice agrees with the LLM's again), at most `n_call`. Before
+  each divergence the path is exactly what the SLM would write greedily. Options: with
+  `call_below`, a command also goes where the SLM's top probability is under that value;
+  with `clean_context` each example becomes rows for an edge that drops commands from the
+  SLM's context (command_context="drop"): the answer without commands, one row per command.
 
 Loss on the answer only (never the prompt); tokens written by the LLM are left out of the
 loss by default (`train_llm_tokens=True` keeps them). Training is TRL's SFTTrainer on a
@@ -154,19 +156,32 @@ def insert_random(completion: list[int], tokenizer, rng: random.Random, *, n_cal
     return WarmupExample([], out, [0] * len(out), len(positions))
 
 
+def recovery_span(path: list[int], slm_greedy: list[int], t: int, n_max: int) -> int:
+    """N for a command at a divergence `t`: how many of the LLM's tokens bring the SLM back
+    onto the LLM's (solving) path, i.e. up to the next position where the SLM's own greedy
+    choice (teacher-forced on the path) agrees with it again; at most `n_max`."""
+    k = 1
+    while k < n_max and t + k < len(path) and slm_greedy[t + k] != path[t + k]:
+        k += 1
+    return k
+
+
 def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: int, max_calls: int,
-                  slm_top_prob: list[float] | None = None, call_below: float = 0.0) -> WarmupExample:
-    """Commands where the SLM departs from the LLM's (solving) path; the LLM writes the next N.
-    With `call_below`, also where the SLM's top probability is under it: the SLM is taught to
-    call when it is unsure, a signal it can read in itself, not only where it happens to err."""
+                  slm_top_prob: list[float] | None = None, call_below: float = 0.0,
+                  n_rule: str = "recover") -> WarmupExample:
+    """Commands where the SLM departs from the LLM's (solving) path; the LLM writes the next N
+    (n_rule "recover": the span that brings the SLM back onto the path, at most `n_call`;
+    "fixed": always `n_call`). With `call_below` (an option, 0 = off), also where the SLM's
+    top probability is under it: the SLM is taught to call when it is unsure."""
     out, llm_mask, calls, t = [], [], 0, 0
     while t < len(path):
         unsure = slm_top_prob is not None and slm_top_prob[t] < call_below
         if calls < max_calls and (slm_greedy[t] != path[t] or unsure):
-            cmd = command_ids(tokenizer, n_call)
+            n = recovery_span(path, slm_greedy, t, n_call) if n_rule == "recover" else n_call
+            cmd = command_ids(tokenizer, n)
             out += cmd
             llm_mask += [0] * len(cmd)
-            written = path[t : t + n_call]
+            written = path[t : t + n]
             out += written
             llm_mask += [1] * len(written)
             t += len(written)
@@ -180,7 +195,8 @@ def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: 
 
 def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strategy: str = "guided", n_call: int = 4,
                    max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True,
-                   call_below: float = 0.0, grader=None, solved_only: bool = True) -> list[WarmupExample]:
+                   call_below: float = 0.0, grader=None, solved_only: bool = True,
+                   n_rule: str = "recover") -> list[WarmupExample]:
     """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies).
     `grader(text, answer)`: the built-in task's by default; `solved_only=False` keeps
     solutions that miss the answer too."""
@@ -208,7 +224,7 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
         else:
             greedy, top = teacher_forced_greedy(slm, p_ids, sol, with_top_prob=True)
             ex = insert_guided(sol, greedy, tokenizer, n_call=n_call, max_calls=max_calls, slm_top_prob=top,
-                               call_below=call_below)
+                               call_below=call_below, n_rule=n_rule)
         ex.prompt_ids = p_ids
         examples.append(ex)
     if not examples:
@@ -286,7 +302,7 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
         examples = build_examples(model, llm_model, tokenizer, pairs, strategy=c.strategy, n_call=c.n_call,
                                   max_calls=c.max_calls, seed=seed, progress=progress, call_below=c.call_below,
                                   max_new_tokens=c.max_new_tokens, solved_only=c.solved_only,
-                                  grader=questions.grader if questions is not None else None)
+                                  grader=questions.grader if questions is not None else None, n_rule=c.n_rule)
         del llm_model
         if c.clean_context and c.strategy == "guided":
             open_id, close_id = add_command_tokens(tokenizer)
