@@ -99,7 +99,7 @@ def test_deltas_send_only_new_tokens_and_the_engine_reuses_its_cache(client, gat
     prompt = gateway.tokenize(b"A short story about a lighthouse keeper who found a bottle on the shore. Chapter one:")
     first = [p.token_id for p in session.help(tokens=prompt, max_tokens=6)]
     sent = session.stats.bytes_sent
-    whole = prompt + first + gateway.tokenize(b" The keeper")[1:]
+    whole = prompt + first + gateway.tokenize(b" The keeper")  # SmolLM2 adds no BOS
     list(session.help(tokens=whole, max_tokens=4))
     delta_bytes = session.stats.bytes_sent - sent
     full = pb.HelpRequest(session_id=session.id, max_tokens=4, context=pb.Context(
