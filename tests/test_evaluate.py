@@ -39,33 +39,21 @@ def test_gap_recovered():
     assert E.gap_recovered(0.50, 0.60, 0.50) is None  # no gap to recover
 
 
-def test_ratio_at_accuracy_interpolates_the_first_crossing():
-    curve = [(0.0, 0.2), (0.1, 0.3), (0.5, 0.7), (1.0, 0.8)]
-    assert E.ratio_at_accuracy(curve, 0.5) == pytest.approx(0.3)
-    assert E.ratio_at_accuracy(curve, 0.8) == pytest.approx(1.0)
-    assert E.ratio_at_accuracy(curve, 0.2) == pytest.approx(0.0)
-    assert E.ratio_at_accuracy(curve, 0.9) is None
-    # unsorted input, non-monotone curve: first crossing in ratio order
-    assert E.ratio_at_accuracy([(0.5, 0.6), (0.0, 0.0), (0.2, 0.6), (0.3, 0.1)], 0.3) == pytest.approx(0.1)
-
-
-def test_cost_saved_vs_random_router_at_matched_accuracy():
+def test_cost_saved_vs_random_router_only_from_measured_points():
     # relay: 3/4 right with 2 of 100 tokens from the LLM
     relay = E.ModeRun("relay", None, [rec(0, True, 49, 1), rec(1, True, 49, 1), rec(2, True, 0, 0), rec(3, False, 0, 0)], 1)
-    slm = E.ModeRun("slm", None, [rec(i, i < 1, 50, 0) for i in range(4)], 1)          # 25%
-    llm = E.ModeRun("llm", None, [rec(i, True, 0, 50) for i in range(4)], 1)           # 100%
-    rnd = E.ModeRun("random", 0.5, [rec(0, True, 50, 50), rec(1, True, 50, 50), rec(2, False, 1, 0), rec(3, False, 0, 0)],
-                    1, "p")  # ratio 100/201, accuracy 50%
+    half = E.ModeRun("random", 0.5, [rec(0, True, 50, 50), rec(1, True, 50, 50), rec(2, False, 1, 0), rec(3, False, 0, 0)],
+                     1, "p")  # ratio 100/201, accuracy 50%: below relay
+    most = E.ModeRun("random", 0.8, [rec(i, i < 3, 20, 80) for i in range(4)], 1, "p")  # 75% at 80%
     assert relay.llm_token_ratio == pytest.approx(0.02)
-    r_rand = 100 / 201
-    # curve: (0, .25) (r_rand, .5) (1, 1): .75 reached halfway between r_rand and 1
-    expected_at = r_rand + 0.5 * (1 - r_rand)
-    cost = E.cost_saved_vs_random(relay, [rnd], slm=slm, llm=llm)
-    assert cost.random_ratio == pytest.approx(expected_at)
-    assert cost.saved == pytest.approx(1 - 0.02 / expected_at)
-    # without the LLM end the random curve never reaches 75%
-    cost = E.cost_saved_vs_random(relay, [rnd], slm=slm)
-    assert cost.saved is None and cost.note.startswith("not reached")
+    # the cheapest measured run at relay's accuracy, not a line drawn between p=0.5 and the LLM
+    cost = E.saved_vs_random(relay, [half, most])
+    assert cost.random_setting == 0.8 and cost.random_ratio == pytest.approx(0.8)
+    assert cost.saved == pytest.approx(1 - 0.02 / 0.8)
+    assert cost.below == pytest.approx(100 / 201)
+    # no measured run reaches relay: the figure says so, with no number
+    cost = E.saved_vs_random(relay, [half])
+    assert cost.saved is None and cost.random_ratio is None and cost.note.startswith("never reached")
 
 
 def test_query_router_reuses_slm_and_llm_records_for_an_exact_share():
@@ -150,8 +138,8 @@ def test_json_markdown_and_png_are_written_and_consistent(tmp_path):
     assert saved["runs"][0]["llm_token_ratio"] == pytest.approx(3 / 20)
     assert saved["runs"][0]["accuracy"] == 1.0 and len(saved["runs"][0]["records"]) == 2
     md = table.read_text()
-    assert "| slm | 50.0% (1/2) | 0.00% | 0.00 | 20 (20 + 0) | 1.5 s |" in md
-    assert "| random p=0.1 | 100.0% (2/2) | 15.00% | 1.50 | 20 (17 + 3) | 2.0 s |" in md
+    assert "| slm | 50.0% (9.5-90.5, n=2) | 0.00% | 0.00 | 0 + 0 | 0.000 | 0.100 | 0.100 |" in md
+    assert "| random p=0.1 | 100.0% (34.2-100.0, n=2) | 15.00% | 1.50 | 0 + 0 | 0.000 | 0.100 | 0.160 |" in md
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
 
 

@@ -36,15 +36,38 @@ def test_every_solution_is_consistent_arithmetic(seed):
 
 
 def test_splits_are_deterministic_and_disjoint():
-    train, test = task.train_split(), task.test_split()
-    assert len(test) == task.TEST_SIZE and len(train) == task.TRAIN_SIZE
+    train, validation, test = task.train_split(), task.validation_split(), task.test_split()
+    assert len(test) == task.TEST_SIZE == 300 and len(validation) == task.VALIDATION_SIZE
+    assert len(train) == task.TRAIN_SIZE
     assert task.test_split() == test and task.train_split()[:50] == train[:50]
-    assert not {e.question for e in train} & {e.question for e in test}
-    assert len({e.question for e in test}) == len(test)
+    assert task.validation_split() == validation
+    sets = [{e.question for e in rows} for rows in (train, validation, test)]
+    assert [len(s) for s in sets] == [len(train), len(validation), len(test)]  # no repeats inside a split
+    assert not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
+    assert [e.question for e in task.split("validation")] == [e.question for e in validation]
     # another seed gives another benchmark
     assert task.test_split(seed=7)[:10] != test[:10]
     for ex in test[:20]:
         assert task.MIN_DIGITS <= len(ex.question.split("+")[0]) <= task.MAX_DIGITS
+
+
+def test_split_logic_is_generic_and_refuses_overlapping_generators():
+    from relayllm.training.data.splits import Split, disjoint_splits
+
+    splits = disjoint_splits(task.generate, [Split("test", 40, 0), Split("validation", 30, 2),
+                                              Split("train", 100, 1)], seed=3)
+    assert {k: len(v) for k, v in splits.items()} == {"test": 40, "validation": 30, "train": 100}
+    # the test split depends on the seed alone, not on the other splits' sizes
+    alone = disjoint_splits(task.generate, [Split("test", 40, 0)], seed=3)
+    assert alone["test"] == splits["test"]
+
+    def careless(n, seed, exclude):  # ignores `exclude` and its seed: the second split repeats the first
+        return task.generate(n, 1)
+
+    with pytest.raises(ValueError, match="excluded"):
+        disjoint_splits(careless, [Split("a", 20, 0), Split("b", 20, 5)], seed=1)
+    with pytest.raises(ValueError, match="distinct"):
+        disjoint_splits(careless, [Split("a", 1, 0), Split("a", 1, 1)], seed=1)
 
 
 def test_generator_is_reproducible_and_excludes():

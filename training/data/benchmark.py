@@ -50,10 +50,14 @@ def load_jsonl(path: str | Path, limit: int | None = None) -> list[Example]:
 
 
 def builtin_examples(limit: int | None = None, *, split: str = "test") -> list[Example]:
-    """The built-in task's held-out (`test`) or `train` split as Examples."""
+    """The built-in task's `test` (held out: the table), `validation` (settings are chosen on
+    it) or `train` split as Examples."""
     from relayllm.training.data import task
 
-    rows = task.test_split() if split == "test" else task.train_split()
+    try:
+        rows = task.split(split)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     examples = [Example(str(r.question), str(r.answer)) for r in rows]
     return examples[:limit] if limit is not None else examples
 

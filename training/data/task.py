@@ -13,7 +13,9 @@ a small model gets most of the columns right but slips at a few critical steps (
 two-digit column sum, reading the sum back in reverse at the end); one wrong token decides
 the answer, so a few LLM tokens at the right place recover it.
 
-Splits are fixed by seed: the test questions are drawn first and never appear in train.
+Splits are fixed by seed and disjoint (training/data/splits.py): test (300 questions, what
+the table reports) is drawn first, then validation (200, where every threshold and router
+setting is chosen), then train; none shares a question with another.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from relayllm.protos.grammar import remove_commands
+from relayllm.training.data.splits import Split, disjoint_splits
 
 PROMPT_END = ":"  # closes the question: the model starts its solution after it
 ANSWER_MARK = "#"  # the final answer follows it
 STEP_SEP = ";"
 MIN_DIGITS, MAX_DIGITS = 3, 4
-TEST_SIZE = 200
+TEST_SIZE = 300
+VALIDATION_SIZE = 200
 TRAIN_SIZE = 20_000
 SPLIT_SEED = 1234
+# Drawn in this order; the seed offsets keep test and train on the seeds they always had.
+SPLITS = (Split("test", TEST_SIZE, 0), Split("validation", VALIDATION_SIZE, 2), Split("train", TRAIN_SIZE, 1))
 
 # Every character a prompt or a solution can hold (each is one SmolLM2 token).
 ALPHABET = "0123456789+=;:#"
@@ -103,20 +109,31 @@ def generate(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Example
 
 
 @lru_cache(maxsize=4)
-def _splits(seed: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
-    test = generate(TEST_SIZE, seed)
-    train = generate(TRAIN_SIZE, seed + 1, exclude={e.question for e in test})
-    return tuple(train), tuple(test)
+def _splits(seed: int) -> dict[str, tuple[Example, ...]]:
+    return disjoint_splits(generate, SPLITS, seed)
 
 
 def train_split(seed: int = SPLIT_SEED) -> list[Example]:
-    """Training questions (never in the test split of the same seed)."""
-    return list(_splits(seed)[0])
+    """Training questions (never in the validation or test split of the same seed)."""
+    return list(_splits(seed)["train"])
+
+
+def validation_split(seed: int = SPLIT_SEED) -> list[Example]:
+    """Questions for choosing thresholds and settings (never in train or test)."""
+    return list(_splits(seed)["validation"])
 
 
 def test_split(seed: int = SPLIT_SEED) -> list[Example]:
-    """Held-out questions: the benchmark."""
-    return list(_splits(seed)[1])
+    """Held-out questions: the benchmark the table reports."""
+    return list(_splits(seed)["test"])
+
+
+def split(name: str, seed: int = SPLIT_SEED) -> list[Example]:
+    """A split by name: "train", "validation" or "test"."""
+    splits = _splits(seed)
+    if name not in splits:
+        raise ValueError(f"unknown split {name!r}: one of {', '.join(splits)}")
+    return list(splits[name])
 
 
 _ANSWER_RE = re.compile(re.escape(ANSWER_MARK) + r"\s*(-?\d+)")

@@ -1,4 +1,5 @@
-"""The picture users look at: accuracy against LLM token ratio, one mark or curve per mode.
+"""The pictures users look at: accuracy against LLM token ratio (and against cloud compute
+per answer, relative to the LLM alone), one mark or curve per mode.
 
 Single-point modes (slm, llm, relay) are big labelled marks; swept modes (random, query,
 confidence, ...) are curves through their points in order of LLM token ratio. The x axis
@@ -25,10 +26,13 @@ SINGLE_POINT_MARKERS = {"slm": "s", "llm": "D", "relay": "*"}
 
 
 def plot_accuracy_vs_ratio(points: Mapping[str, Iterable[tuple[float, float]]], path: str | Path,
-                           title: str = "Accuracy vs LLM token ratio") -> Path:
-    """Write a PNG of accuracy (y) vs LLM token ratio (x) for `points`: mode -> [(ratio, accuracy)].
+                           title: str = "Accuracy vs LLM token ratio",
+                           xlabel: str = "LLM token ratio (LLM-written tokens / all response tokens)") -> Path:
+    """Write a PNG of accuracy (y) vs a share (x) for `points`: mode -> [(share, accuracy)];
+    the share is the LLM token ratio by default, or another cost relative to the LLM alone
+    (cloud compute per answer: `xlabel` says which).
 
-    Ratios and accuracies are fractions in [0, 1]; the axes show percent.
+    Shares and accuracies are fractions (a share may pass 1); the axes show percent.
     """
     import matplotlib
 
@@ -55,11 +59,12 @@ def plot_accuracy_vs_ratio(points: Mapping[str, Iterable[tuple[float, float]]], 
             else:
                 ax.plot(xs, ys, marker="o", markersize=4, color=colour, label=mode, zorder=3)
         ax.set_xscale("symlog", linthresh=1.0)  # linear below 1%, logarithmic above
-        ax.set_xlim(left=0, right=150)
+        top = max((r for pts in points.values() for r, _ in pts), default=1.0)
+        ax.set_xlim(left=0, right=max(150.0, top * 150))
         ax.set_ylim(bottom=0, top=105)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
-        ax.set_xlabel("LLM token ratio (LLM-written tokens / all response tokens)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)

@@ -17,15 +17,16 @@ from relayllm.training.data.benchmark import Example
 from relayllm.training.data.prompts import gguf_has_chat_template, user_message
 from relayllm.training.errors import EvalError
 from relayllm.training.eval.modes import DEFAULT_CALL_THRESHOLD
-from relayllm.training.eval.records import Grader, ModeRun, QuestionRecord, record_from_result
+from relayllm.training.eval.records import Grader, ModeRun, QuestionRecord, record_from_result, tally_stream
 
 
 def run_mode(examples: Sequence[Example], answer: Callable[[str], object], grader: Grader, *, mode: str,
              setting: float | None = None, setting_name: str | None = None, progress: bool = True,
              before_each: Callable[[int], None] | None = None,
              prompt_of: Callable[[str], str] | None = None) -> ModeRun:
-    """Answer every example with `answer(question) -> Result` and grade it; `prompt_of(question)`
-    is the prompt as sent, kept in the record."""
+    """Answer every example with `answer(question)` and grade it; `answer` returns the Result,
+    or (Result, CloudUsage) when it tallied its calls' cost; `prompt_of(question)` is the prompt
+    as sent, kept in the record."""
     from tqdm.auto import tqdm
 
     desc = mode if setting is None else f"{mode} {setting_name}={setting:g}"
@@ -35,9 +36,11 @@ def run_mode(examples: Sequence[Example], answer: Callable[[str], object], grade
         if before_each is not None:
             before_each(i)
         t0 = time.perf_counter()
-        result = answer(ex.question)
+        result, usage = answer(ex.question), None
+        if isinstance(result, tuple):
+            result, usage = result
         records.append(record_from_result(i, ex, result, grader, time.perf_counter() - t0,
-                                          prompt_of(ex.question) if prompt_of else ""))
+                                          prompt_of(ex.question) if prompt_of else "", usage))
     return ModeRun(mode=mode, setting=setting, setting_name=setting_name, records=records,
                    wall_s=time.perf_counter() - start)
 
@@ -123,7 +126,7 @@ class Evaluator:
 
     # -- modes --------------------------------------------------------------------------
     def _run(self, examples, decoder, mode, setting=None, setting_name=None, before_each=None) -> ModeRun:
-        return run_mode(examples, lambda q: decoder.generate(self.text_for(decoder, q)), self.grader, mode=mode,
+        return run_mode(examples, lambda q: tally_stream(decoder.stream(self.text_for(decoder, q))), self.grader, mode=mode,
                         setting=setting, setting_name=setting_name, progress=self.progress,
                         before_each=before_each, prompt_of=lambda q: decoder.prompt_text(self.text_for(decoder, q)))
 
