@@ -26,6 +26,7 @@ import pytest
 from relayllm.protos import relay_pb2 as pb
 from relayllm.protos import relay_pb2_grpc as pbg
 from relayllm.training.bench.llama_server import LlamaServer, llama_server_binary
+from gateway_fixtures import client, cloud, evicted_session_is_resent, text_of  # noqa: F401 - fixtures by name; tests/ is on sys.path
 
 if llama_server_binary() is None and not os.environ.get("RELAYLLM_REQUIRE_LLAMA_SERVER"):
     pytest.skip("no llama-server binary (.ci/setup builds it; or set RELAYLLM_LLAMA_SERVER)", allow_module_level=True)
@@ -50,27 +51,6 @@ def gateway(engine, smollm2_path):
     backend = OpenAIGatewayBackend(engine.url, model=engine.alias, tokenizer=smollm2_path, n_ctx=1024, max_sessions=4)
     yield backend
     backend.close()
-
-
-@pytest.fixture(scope="module")
-def cloud(gateway):
-    from relayllm.cloud.config import ServerConfig
-    from relayllm.cloud.harness import ServerThread
-
-    with ServerThread(gateway, config=ServerConfig(max_tokens_per_call=400)) as server:
-        yield server
-
-
-@pytest.fixture()
-def client(cloud):
-    from relayllm.edge.client import CloudClient
-
-    with CloudClient(cloud.target, deadline_s=120) as client:
-        yield client
-
-
-def text_of(session, **kw) -> str:
-    return "".join(p.text for p in session.help(**kw))
 
 
 def engine_tokens(engine, prompt: list[int], n: int) -> list[int]:
@@ -112,13 +92,7 @@ def test_deltas_send_only_new_tokens_and_the_engine_reuses_its_cache(client, gat
 
 
 def test_an_evicted_session_is_resent_never_answered_wrong(client, engine, gateway):
-    session = client.session()
-    first = text_of(session, text=PROMPT, max_tokens=3)
-    for i in range(4):  # the gateway keeps four sessions
-        text_of(client.session(), text=f"Other session {i}", max_tokens=1)
-    whole = PROMPT + first + " And the capital of Italy is"
-    assert text_of(session, text=whole, max_tokens=4) == engine.complete(whole, 4)["choices"][0]["text"]
-    assert session.stats.resends == 1
+    evicted_session_is_resent(client, engine, gateway, PROMPT)
 
 
 def test_cancelling_a_call_frees_the_engines_slot(cloud, engine):
