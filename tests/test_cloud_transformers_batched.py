@@ -26,8 +26,7 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", 
 def batched(tiny_model_dir):
     from relayllm.cloud.backends.hf_batched import BatchedTransformersBackend
 
-    backend = BatchedTransformersBackend(tiny_model_dir, max_sessions=8, page_size=8, num_blocks=256,
-                                         max_batch_tokens=256)
+    backend = BatchedTransformersBackend(tiny_model_dir, max_sessions=8, page_size=8)
     yield backend
     backend.close()
 

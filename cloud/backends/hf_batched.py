@@ -5,6 +5,9 @@ on its own.
 
     backend = BatchedTransformersBackend(model_dir, max_sessions=64)   # "transformers-batched"
 
+The paged cache holds `num_blocks` pages (default: every session a whole context, max_sessions
+x n_ctx / page_size) and a step at most `max_batch_tokens` tokens (default min(n_ctx, 2048)).
+
 What a session keeps: its token list (Session.kv_tokens), as the gateway does, not a KV
 cache of its own; each call hands the manager the whole context. The manager's prefix
 sharing (`allow_block_sharing`) then reuses the KV of every complete page (`page_size`
@@ -46,8 +49,13 @@ class BatchedTransformersBackend(TransformersBackend):
             raise ValueError(f"page_size must be at least 4 tokens (transformers' paged cache), got {page_size}")
         generation = GenerationConfig(do_sample=False, eos_token_id=sorted(self._eos) or -1,
                                       pad_token_id=self.tokenizer.pad_token_id or 0)
-        config = ContinuousBatchingConfig(page_size=page_size, num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,
-                                          allow_block_sharing=True)
+        # Sized from what the service keeps (every session a whole context), not left to
+        # transformers: on a CPU it sizes the cache from the machine's RAM (12 GiB for a tiny
+        # model in our run).
+        pages_per_session = -(-self.n_ctx // page_size)
+        config = ContinuousBatchingConfig(
+            page_size=page_size, num_blocks=num_blocks or self.sessions.capacity * pages_per_session,
+            max_batch_tokens=max_batch_tokens or min(self.n_ctx, 2048), allow_block_sharing=True)
         self.manager = self.model.init_continuous_batching(generation_config=generation,
                                                           continuous_batching_config=config)
         self.manager.start()
