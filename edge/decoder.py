@@ -47,6 +47,7 @@ from typing import AsyncIterator, Iterator
 from relayllm.edge.config import Limits, Sampling
 from relayllm.edge.errors import EdgeError
 from relayllm.edge.events import Event, Result
+from relayllm.protos.protocol import check_command_context
 
 DEFAULT = object()  # "the decoder's own setting" for per-request options
 
@@ -87,9 +88,7 @@ class RelayDecoder:
         self.vocab = Vocab(self.llm)
         self.cloud = cloud
         # 2) The router (a per-token hook), and relay's calibration on a relay-trained SLM.
-        if command_context not in ("keep", "drop"):
-            raise ValueError(f"command_context must be 'keep' or 'drop', got {command_context!r}")
-        self.command_context = command_context
+        self.command_context = check_command_context(command_context)
         self.call_nudge = None  # (id of `<call>`, threshold)
         if call_threshold is not None and router is not None:
             raise ValueError("give a router or a call_threshold, not both")

@@ -14,6 +14,7 @@ import time
 from typing import Iterator
 
 from relayllm.edge.events import CallFinished, CallStarted
+from relayllm.protos.protocol import call_size, drops_command
 
 _FINISH_NAMES = {1: "length", 2: "eos", 3: "cancelled", 4: "deadline"}
 
@@ -94,9 +95,10 @@ def call_and_splice(req, requested: int, trigger: str, drop_from: int | None = N
     it before the splice (command_context="drop": the command leaves the SLM's context)."""
     # 1) How many tokens this call may have: the request's limits, the day's budget, the room.
     limits = req.limits
-    n = min(requested, limits.max_llm_tokens - req.llm_tokens,
-            limits.max_total_tokens - req.slm_tokens - req.llm_tokens, req.room() - 1)
-    if n <= 0 or req.calls >= limits.max_calls:
+    n = call_size(requested, calls=req.calls, max_calls=limits.max_calls, llm_tokens=req.llm_tokens,
+                  max_llm_tokens=limits.max_llm_tokens, total_tokens=req.slm_tokens + req.llm_tokens,
+                  max_total_tokens=limits.max_total_tokens, room=req.room())
+    if n <= 0:
         return 0, False
     if req.link.local_only:
         return 0, False  # the user's choice, not a degradation: the Result says local_only
@@ -144,7 +146,7 @@ def call_and_splice(req, requested: int, trigger: str, drop_from: int | None = N
     # 3) The splice: only the new tokens are evaluated, on top of the kept KV cache.
     if not token_mode:
         ids = req.vocab.text("".join(texts)) if texts else []
-    if drop_from is not None and ids and req.llm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
+    if drop_from is not None and drops_command("drop", len(ids)) and req.llm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
         req.llm.n_tokens = drop_from
     ids = ids[: max(0, req.room() - 1)]
     append_tokens(req.llm, ids)

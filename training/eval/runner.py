@@ -94,7 +94,7 @@ class Evaluator:
         return self._models[key]
 
     def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None,
-                call_threshold: float | None = None):
+                call_threshold: float | None = None, command_context: str = "keep"):
         """A RelayDecoder on `slm` (a GGUF path or an already loaded Llama)."""
         from relayllm.edge import Limits, RelayDecoder
 
@@ -103,7 +103,8 @@ class Evaluator:
         llama = slm if hasattr(slm, "tokenize") else self.model(slm)
         chat = self.instruction is not None and gguf_has_chat_template(llama)
         return RelayDecoder(llama, cloud=self.client() if cloud else None, limits=limits, router=router,
-                            sampling=greedy_sampling(), call_threshold=call_threshold, chat=chat, n_ctx=self.n_ctx)
+                            sampling=greedy_sampling(), call_threshold=call_threshold, chat=chat, n_ctx=self.n_ctx,
+                            command_context=command_context)
 
     def text_for(self, decoder, question: str) -> str:
         """What the decoder is given for `question` (before its chat template, when it applies one)."""
@@ -138,11 +139,13 @@ class Evaluator:
         router = AlwaysLLM(self.max_tokens)
         return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm")
 
-    def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD) -> ModeRun:
-        """The relay SLM decides when to call; `call_threshold` (see RelayDecoder) is its
-        knob between accuracy and LLM share, None = greedy alone decides."""
+    def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD,
+                  command_context: str = "keep") -> ModeRun:
+        """The relay SLM writes `<call>N</call>` itself (the paper's protocol); `call_threshold`
+        (see RelayDecoder) calibrates how often it starts one, None = its own greedy choice
+        alone. `command_context`: "keep" (the paper's) or "drop" (docs/relay-protocol.md)."""
         try:
-            dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold)
+            dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold, command_context=command_context)
         except ValueError as exc:  # not a relay SLM
             raise EvalError(str(exc)) from None
         if call_threshold is None:

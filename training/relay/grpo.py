@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from relayllm.protos.grammar import command_at_end_of_ids
+from relayllm.protos.protocol import call_size
 from relayllm.training.errors import TrainingError
 from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
 from relayllm.training.relay.config import GrpoConfig
@@ -52,35 +53,43 @@ class RelayRollout:
 
     @torch.no_grad()
     def rollout_one(self, model, prompt_ids: list[int], generator: torch.Generator) -> dict:
-        """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls."""
+        """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls.
+        Every protocol decision (how many tokens a call gets) is protos/protocol.py's, as
+        on the device; temperature 0 is greedy (the parity test compares it with the edge)."""
         completion, logps, authors = [], [], []
-        calls = requested = 0
+        calls = requested = llm_tokens = 0
         self.helper.new_sample()
         res = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
         cache, logits = res.past_key_values, res.logits[0, -1]
         while len(completion) < self.max_tokens:
-            logp = torch.log_softmax(logits.float() / self.temperature, -1)
-            token = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))  # CPU generator
+            logp = torch.log_softmax(logits.float() / (self.temperature or 1.0), -1)
+            if self.temperature == 0:
+                token = int(logp.argmax())
+            else:
+                token = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))  # CPU generator
             completion.append(token)
             logps.append(float(logp[token]))
             authors.append(0)
             if token == self.eos:
                 break
             feed = [token]
-            n = command_at_end_of_ids(completion, self.open_id, self.close_id, self.tokenizer.decode) if token == self.close_id else None
-            budget = self.max_tokens - len(completion)
-            if n and calls < self.max_calls and budget > 0:
-                n = min(n, budget)  # N is capped by the remaining budget
+            asked = command_at_end_of_ids(completion, self.open_id, self.close_id, self.tokenizer.decode) \
+                if token == self.close_id else None
+            n = call_size(asked, calls=calls, max_calls=self.max_calls, llm_tokens=llm_tokens,
+                          max_llm_tokens=self.max_tokens, total_tokens=len(completion),
+                          max_total_tokens=self.max_tokens) if asked else 0
+            if n > 0:
                 written = self.helper.continue_ids(prompt_ids + completion, n, generator=generator)
                 calls += 1
                 requested += n
+                llm_tokens += len(written)
                 feed += written
             res = model(input_ids=torch.tensor([feed], device=model.device), past_key_values=cache, use_cache=True)
             cache = res.past_key_values
             # row i of the chunk predicts feed[i + 1]: the policy's log-prob of each LLM token
             for i, w in enumerate(feed[1:]):
                 completion.append(w)
-                logps.append(float(torch.log_softmax(res.logits[0, i].float() / self.temperature, -1)[w]))
+                logps.append(float(torch.log_softmax(res.logits[0, i].float() / (self.temperature or 1.0), -1)[w]))
                 authors.append(1)
             if len(feed) > 1 and feed[-1] == self.eos:
                 break  # the LLM ended the answer
