@@ -3,7 +3,8 @@ ContinuousBatchingManager behind the relay service, on a tiny random Llama on th
 
 Greedy output of 4 sessions served together equals each session served alone by the
 per-session backend (and transformers' own generate), the manager really decoded them in
-shared forward passes, a cancelled call stops its request in the manager, and a sampled
+shared forward passes, a session's next call prefills only past the pages the manager's
+prefix sharing kept, a cancelled call stops its request in the manager, and a sampled
 call (the per-session path) still works beside it.
 """
 
@@ -32,16 +33,19 @@ def batched(tiny_model_dir):
 
 
 class ForwardCounter:
-    """Counts the model's forward passes (and can slow each one down, to time a cancel)."""
+    """Counts the model's forward passes and the tokens each one ran (and can slow each one
+    down, to time a cancel)."""
 
     def __init__(self, model, delay_s: float = 0.0):
-        self.calls, self.delay_s = 0, delay_s
+        self.calls, self.delay_s, self.tokens = 0, delay_s, []
         self._lock = threading.Lock()
-        self._handle = model.register_forward_pre_hook(self._count)
+        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
-    def _count(self, module, args):
+    def _count(self, module, args, kwargs):
         with self._lock:
             self.calls += 1
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.tokens.append(ids.shape[-1] if ids is not None else 0)
         if self.delay_s:
             time.sleep(self.delay_s)
 
@@ -86,6 +90,27 @@ def test_four_sessions_batched_equal_each_session_alone(batched, tiny_model_dir)
         out = alone.model.generate(torch.tensor([context]), max_new_tokens=6, do_sample=False, eos_token_id=None,
                                    pad_token_id=0)
     assert together[0][1] == out[0, len(context):].tolist()
+
+
+def test_a_sessions_next_call_recomputes_only_past_the_pages_it_shares(batched):
+    from relayllm.cloud.backends.base import SamplingParams
+    from relayllm.cloud.sessions import Session
+
+    session, greedy = Session(key=("t", "prefix")), SamplingParams()
+    prompt = batched.tokenize(b"A short story about a lighthouse keeper who found a bottle on the shore. Chapter one:")
+    first: list[int] = []
+    batched.generate(session, prompt, max_new_tokens=6, sampling=greedy, should_stop=lambda: None, emit=first.append)
+    whole = prompt + first + batched.tokenize(b" The keeper")
+    counter = ForwardCounter(batched.model)
+    try:
+        batched.generate(session, whole, max_new_tokens=2, sampling=greedy, should_stop=lambda: None,
+                         emit=lambda token: None)
+    finally:
+        counter.remove()
+    # the first call wrote len(prompt) + 5 tokens' KV (the last one written is never run): its
+    # complete pages of 8 are shared, only the rest of the context is prefilled
+    shared = (len(prompt) + len(first) - 1) // 8 * 8
+    assert shared >= 8 and counter.tokens[0] == len(whole) - shared, (counter.tokens, len(whole))
 
 
 def test_a_cancelled_call_stops_its_request_in_the_manager(batched):
