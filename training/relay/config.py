@@ -114,6 +114,8 @@ class GrpoConfig:
                                      "evaluation harness (one setting for training and evaluation)")
     max_tokens: int = _f(64, "response tokens per rollout")
     max_calls: int = _f(2, "calls per rollout at most (the reference: 2)")
+    command_context: str = _f("keep", "'keep' (the paper's: a command stays in the SLM's context) or 'drop' "
+                                      "(it leaves the context once the LLM wrote; docs/relay-protocol.md)")
     llm_solvable_only: bool = _f(True, "train on questions the in-process LLM solves greedily")
     save_steps: int = _f(10, "checkpoint every this many steps (resume point)")
 
@@ -125,6 +127,8 @@ class GrpoConfig:
         _need(self.group_size >= 2, "grpo", f"group_size must be at least 2 (GRPO compares a group), got {self.group_size}")
         _need(self.n_prompts is None or self.n_prompts >= 1, "grpo", f"n_prompts must be at least 1, got {self.n_prompts}")
         _need(self.max_calls >= 0, "grpo", f"max_calls must be >= 0, got {self.max_calls}")
+        _need(self.command_context in ("keep", "drop"), "grpo",
+              f"command_context must be 'keep' or 'drop', got {self.command_context!r}")
         _need(self.lr > 0 and self.temperature > 0, "grpo", "lr and temperature must be > 0")
         _need(self.kl >= 0 and 0 < self.clip < 1 and self.llm_temperature >= 0, "grpo",
               "kl must be >= 0, clip in (0, 1), llm_temperature >= 0")

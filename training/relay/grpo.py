@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from relayllm.protos.grammar import command_at_end_of_ids
-from relayllm.protos.protocol import call_size
+from relayllm.protos.protocol import call_size, check_command_context, drops_command
 from relayllm.training.errors import TrainingError
 from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
 from relayllm.training.relay.config import GrpoConfig
@@ -41,28 +41,33 @@ class RelayRollout:
     repeats each prompt `num_generations` times, consecutively)."""
 
     def __init__(self, tokenizer, helper, *, max_tokens: int = 64, max_calls: int = 2, temperature: float = 1.0,
-                 mask_llm_tokens: bool = True, seed: int = 0, rollout_threads: int | None = None):
+                 mask_llm_tokens: bool = True, seed: int = 0, rollout_threads: int | None = None,
+                 command_context: str = "keep"):
         self.tokenizer, self.helper = tokenizer, helper
         # CPU rollouts: 1 thread (see __call__); on a GPU the thread count does not matter
         self.rollout_threads = rollout_threads if rollout_threads is not None else (
             0 if torch.cuda.is_available() else 1)
         self.max_tokens, self.max_calls, self.temperature = max_tokens, max_calls, temperature
         self.mask_llm_tokens, self.seed = mask_llm_tokens, seed
+        self.command_context = check_command_context(command_context)
         self.open_id, self.close_id = add_command_tokens(tokenizer)
         self.eos = tokenizer.eos_token_id
 
     @torch.no_grad()
     def rollout_one(self, model, prompt_ids: list[int], generator: torch.Generator) -> dict:
         """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls.
-        Every protocol decision (how many tokens a call gets) is protos/protocol.py's, as
-        on the device; temperature 0 is greedy (the parity test compares it with the edge)."""
+        Every protocol decision (how many tokens a call gets, whether the command leaves the
+        context) is protos/protocol.py's, as on the device; temperature 0 is greedy (the
+        parity test compares it with the edge)."""
         completion, logps, authors = [], [], []
         calls = requested = llm_tokens = 0
+        temperature = self.temperature or 1.0
         self.helper.new_sample()
         res = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
         cache, logits = res.past_key_values, res.logits[0, -1]
+        before_command = None  # the logits the SLM wrote its last `<call>` from
         while len(completion) < self.max_tokens:
-            logp = torch.log_softmax(logits.float() / (self.temperature or 1.0), -1)
+            logp = torch.log_softmax(logits.float() / temperature, -1)
             if self.temperature == 0:
                 token = int(logp.argmax())
             else:
@@ -72,26 +77,36 @@ class RelayRollout:
             authors.append(0)
             if token == self.eos:
                 break
-            feed = [token]
+            if token == self.open_id:
+                before_command = logits
             asked = command_at_end_of_ids(completion, self.open_id, self.close_id, self.tokenizer.decode) \
                 if token == self.close_id else None
             n = call_size(asked, calls=calls, max_calls=self.max_calls, llm_tokens=llm_tokens,
                           max_llm_tokens=self.max_tokens, total_tokens=len(completion),
                           max_total_tokens=self.max_tokens) if asked else 0
+            feed, written, first_row = [token], [], None
             if n > 0:
                 written = self.helper.continue_ids(prompt_ids + completion, n, generator=generator)
                 calls += 1
                 requested += n
                 llm_tokens += len(written)
-                feed += written
+                if drops_command(self.command_context, len(written)):
+                    # as on the device: the command leaves the context, the LLM's tokens take its place
+                    start = len(completion) - 1 - completion[::-1].index(self.open_id)
+                    cache.crop(len(prompt_ids) + start - cache.get_seq_length())  # negative: tokens to remove
+                    feed, first_row = written, before_command
+                else:
+                    feed = feed + written
             res = model(input_ids=torch.tensor([feed], device=model.device), past_key_values=cache, use_cache=True)
             cache = res.past_key_values
-            # row i of the chunk predicts feed[i + 1]: the policy's log-prob of each LLM token
-            for i, w in enumerate(feed[1:]):
+            # the policy's log-prob of each LLM token: row i of the chunk predicts feed[i + 1]; a
+            # dropped command's first LLM token follows the context from before the command
+            for i, w in enumerate(written):
+                row = res.logits[0, i] if first_row is None else (first_row if i == 0 else res.logits[0, i - 1])
                 completion.append(w)
-                logps.append(float(torch.log_softmax(res.logits[0, i].float() / (self.temperature or 1.0), -1)[w]))
+                logps.append(float(torch.log_softmax(row.float() / temperature, -1)[w]))
                 authors.append(1)
-            if len(feed) > 1 and feed[-1] == self.eos:
+            if written and written[-1] == self.eos:
                 break  # the LLM ended the answer
             logits = res.logits[0, -1]
         return {"completion_ids": completion, "logprobs": logps, "authors": authors, "calls": calls,
@@ -201,7 +216,7 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
                  prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
                  lr: float = 1e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
                  max_tokens: int = 64, max_calls: int = 2, seed: int = 0, progress: bool = True, save_steps: int = 10,
-                 grader=None):
+                 grader=None, command_context: str = "keep"):
     """TRL GRPOTrainer with the relay rollout and reward (CPU when there is no GPU)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -221,8 +236,14 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     )
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in pairs])
     rollout = RelayRollout(tokenizer, helper, max_tokens=max_tokens, max_calls=max_calls, temperature=temperature,
-                           mask_llm_tokens=mask_llm_tokens, seed=seed)
-    trainer = GRPOTrainer(model=model, reward_funcs=[RelayReward(reward, lam, grader)], args=args, train_dataset=dataset,
+                           mask_llm_tokens=mask_llm_tokens, seed=seed, command_context=command_context)
+    trainer_class = GRPOTrainer
+    if command_context == "drop":  # TRL's scoring pass must see the commands dropped, as the rollout did
+        from relayllm.training.relay.drop_context import DropView, drop_context_trainer_class
+
+        trainer_class = drop_context_trainer_class()
+        trainer_class.relay_view = DropView(None, tokenizer, rollout.open_id, rollout.close_id, max_calls)
+    trainer = trainer_class(model=model, reward_funcs=[RelayReward(reward, lam, grader)], args=args, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout,
                           callbacks=[_metrics_callback(out_dir / METRICS_FILE)])
     return trainer
@@ -280,7 +301,8 @@ def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=N
                            prompts_per_step=c.prompts_per_step, reward=c.reward, lam=c.lam,
                            mask_llm_tokens=c.mask_llm_tokens, lr=c.lr, kl=c.kl, clip=c.clip,
                            temperature=c.temperature, max_tokens=c.max_tokens, max_calls=c.max_calls, seed=seed,
-                           progress=progress, save_steps=c.save_steps, grader=grader)
+                           progress=progress, save_steps=c.save_steps, grader=grader,
+                           command_context=c.command_context)
     try:
         trainer.train(resume_from_checkpoint=last)
     finally:
