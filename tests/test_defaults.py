@@ -130,3 +130,47 @@ def test_a_failed_router_build_keeps_the_pair_and_its_error(micro_pair, monkeypa
     assert not defaults._routers_missing_but_buildable(models.root / "manifest.json")
     monkeypatch.setattr(defaults, "ROUTER_RECIPE", defaults.RouterRecipe(r2r_prompts=2))
     assert defaults._routers_missing_but_buildable(models.root / "manifest.json")  # a new recipe is tried
+
+
+MICRO_RELAY = dict(
+    warmup={"clean_context": True, "n_examples": 8, "steps": 2, "batch_size": 4, "solved_only": False,
+            "max_new_tokens": 24, "save_steps": 50},
+    grpo={"command_context": "drop", "steps": 1, "group_size": 2, "prompts_per_step": 1, "max_tokens": 16,
+          "llm_solvable_only": False, "save_steps": 50})
+
+
+def test_the_default_relay_slm_is_warm_up_then_grpo_and_follows_its_recipe(micro_pair, monkeypatch):
+    from relayllm.training.models import default_relay
+
+    monkeypatch.setattr(defaults, "BUILD_RELAY", True)
+    monkeypatch.setattr(default_relay, "RELAY_RECIPE", default_relay.RelayRecipe(**MICRO_RELAY))
+    models = defaults.default_models(progress=False)
+    assert models.relay_slm.is_file() and models.relay_warmup_slm.is_file() and models.relay_slm != models.relay_warmup_slm
+    assert models.relay_command_context == "drop" and models.info["relay_stages"] == ["warm-up", "GRPO"]
+    assert models.relay_grpo_curves.is_file()  # reward, accuracy, calls, LLM token ratio, KL per step
+    metrics = (models.root / "relay" / "grpo" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1 and "relay/llm_token_ratio" in json.loads(metrics[0])
+    pair_stamp, relay_stamp = models.llm.stat().st_mtime_ns, models.relay_slm.stat().st_mtime_ns
+    assert defaults.default_models(progress=False) == models  # reused: same recipe
+    assert models.relay_slm.stat().st_mtime_ns == relay_stamp
+    # a changed GRPO default rebuilds the relay SLM, and only it
+    longer = default_relay.RelayRecipe(**{**MICRO_RELAY, "grpo": {**MICRO_RELAY["grpo"], "steps": 2}})
+    monkeypatch.setattr(default_relay, "RELAY_RECIPE", longer)
+    rebuilt = defaults.default_models(progress=False)
+    assert rebuilt.llm.stat().st_mtime_ns == pair_stamp and rebuilt.slm == models.slm
+    assert rebuilt.info["relay_recipe"] != models.info["relay_recipe"]
+    assert len((rebuilt.root / "relay" / "grpo" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_failed_relay_build_is_not_final_for_another_recipe(micro_pair, monkeypatch):
+    from relayllm.training.models import default_relay
+
+    monkeypatch.setattr(defaults, "BUILD_RELAY", True)
+    broken = {**MICRO_RELAY, "warmup": {**MICRO_RELAY["warmup"], "solved_only": True}}  # micro LLM solves none
+    monkeypatch.setattr(default_relay, "RELAY_RECIPE", default_relay.RelayRecipe(**broken))
+    models = defaults.default_models(progress=False)
+    assert models.relay_slm is None and "no warm-up example" in models.info["relay_error"]
+    assert models.slm.is_file()  # the pair stays usable
+    assert not defaults._relay_missing_but_buildable(models.root / "manifest.json")  # not retried at every call
+    monkeypatch.setattr(default_relay, "RELAY_RECIPE", default_relay.RelayRecipe(**MICRO_RELAY))
+    assert defaults._relay_missing_but_buildable(models.root / "manifest.json")  # a new recipe is tried

@@ -112,3 +112,24 @@ def test_trls_scoring_pass_in_drop_mode_gives_the_rollouts_log_probs(tok, models
     # TRL's fused, chunked LM head differs from a plain softmax by a few 1e-4 (the same in keep mode)
     assert (scored[slm] - sampled[slm]).abs().max() < 2e-3
     assert (plain[slm] - sampled[slm]).abs().max() > 5e-3  # without the drop view: the wrong context
+
+
+def test_two_dropped_commands_in_one_rollout(tok, models):
+    _, llm = models
+    slm = rm.bigram_model(tok, {":": ["5"], "5": ["<call>"], "<call>": ["1"], "1": ["</call>"], ";": ["<call>"],
+                                "#": ["8"], "8": ["EOS"]})
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in slm.model.layers:
+            layer.self_attn.o_proj.weight.normal_(0, 0.3)
+    rollout = grpo.RelayRollout(tok, LocalLLM(llm, tok), max_tokens=16, max_calls=2, temperature=1.0,
+                                command_context="drop")
+    prompt = tok.encode(rm.PROMPT, add_special_tokens=False)
+    out = rollout.rollout_one(slm, prompt, torch.Generator().manual_seed(0))
+    completion, authors = out["completion_ids"], out["authors"]
+    assert out["calls"] == 2
+    assert tok.convert_ids_to_tokens(completion)[:10] == ["5", "<call>", "1", "</call>", ";", "<call>", "1", "</call>",
+                                                          "#", "8"]
+    view = DropView(slm, tok, rollout.open_id, rollout.close_id, max_calls=2)
+    got = slm_logps(view, torch.tensor([prompt + completion]), len(prompt), completion)
+    assert max(abs(a - b) for a, b, who in zip(got, out["logprobs"], authors) if who == 0) < 1e-4

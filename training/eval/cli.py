@@ -33,9 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cloud.add_argument("--cloud", metavar="HOST:PORT", help="a running `relayllm serve`")
     parser.add_argument("--router", metavar="ONNX", help="r2r / citer modes: the trained router file")
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
-                        help="relay mode: call thresholds (the SLM calls when its P(<call>) reaches T; "
-                             "default 0.1); confidence mode: top-probability thresholds; r2r / citer: p_llm thresholds "
+                        help="relay mode: calibration thresholds (the SLM writes <call> where its P(<call>) reaches "
+                             "T; default: none, its own choice alone); confidence mode: top-probability thresholds; r2r / citer: p_llm thresholds "
                              f"(default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
+    parser.add_argument("--command-context", choices=("keep", "drop"), default=None,
+                        help="relay mode: after a call the command stays in the SLM's context (keep, the paper's) "
+                             "or leaves it (drop); default: what the default relay SLM was trained for, else keep "
+                             "(docs/relay-protocol.md)")
     parser.add_argument("--ratio", type=float, nargs="+", metavar="R",
                         help="random mode: shares p of LLM tokens (default: relay's ratio from <out>/relay.json); "
                              f"query mode: shares of questions (default {' '.join(map(str, DEFAULT_QUERY_SHARES))})")
@@ -98,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
                                              instruction=instruction, max_tokens=args.max_tokens, seed=args.seed,
                                              progress=not args.no_progress, n_ctx=args.n_ctx))
         runs = E.run_named_mode(ev, args.mode, examples, slm, out=args.out, thresholds=args.thresholds,
-                                ratios=args.ratio, router=args.router)
+                                ratios=args.ratio, router=args.router,
+                                command_context=args.command_context or (
+                                    defaults.relay_command_context if defaults is not None and not args.slm else "keep"))
 
     meta = {"data": args.data or "built-in task (held-out split)", "slm": str(slm), "llm": str(llm or args.cloud),
             "n": len(examples), "seed": args.seed, "max_tokens": args.max_tokens, "instruction": instruction}

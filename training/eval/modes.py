@@ -4,7 +4,9 @@ Modes (all decode through the edge SDK's RelayDecoder, so every mode shares the 
 the Help RPC, the fallback and the counters; training/eval/runner.py):
 - slm:        the SLM alone, no cloud;
 - llm:        the LLM alone: a router that hands the LLM every token through the cloud;
-- relay:      the relay SLM (taught to write `<call>N</call>`) with the cloud;
+- relay:      the relay SLM writes `<call>N</call>` itself (the paper's protocol,
+              docs/relay-protocol.md); a setting, when given, is the calibration
+              `call_threshold` (the SLM writes `<call>` where its P(<call>) reaches it);
 - random:     a random token router sending a share p of tokens to the LLM (a sweep over p
               gives a curve; the demo includes relay's own ratio);
 - query:      a query-level router sending a random share of whole questions to the LLM
@@ -26,9 +28,8 @@ from relayllm.training.eval.records import ModeRun, QuestionRecord
 MODES = ("slm", "llm", "relay", "random", "query", "confidence", "r2r", "citer")
 SWEPT_MODES = ("random", "query", "confidence", "r2r", "citer")
 LEARNED_ROUTER_MODES = ("r2r", "citer")  # ONNX routers from training (edge/token_router.py)
-# The relay SLM starts a command when its probability of `<call>` reaches this (see
-# RelayDecoder's call_threshold); the default models' relay SLM is measured around it.
-DEFAULT_CALL_THRESHOLD = 0.1
+# Relay without calibration by default: the SLM's own sampling alone decides when to call.
+DEFAULT_CALL_THRESHOLD = None
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7)  # confidence, r2r, citer
 DEFAULT_QUERY_SHARES = (0.25, 0.5, 0.75)
 
@@ -64,7 +65,8 @@ def saved_run(out, mode, examples) -> ModeRun | None:
     return None
 
 
-def run_named_mode(ev, mode: str, examples, slm, *, out, thresholds=None, ratios=None, router=None) -> list[ModeRun]:
+def run_named_mode(ev, mode: str, examples, slm, *, out, thresholds=None, ratios=None, router=None,
+                   command_context: str = "keep") -> list[ModeRun]:
     """Every run of `mode` (one per threshold / p / share) with the Evaluator `ev`; `out` is
     the results folder, where random and query modes find earlier relay / slm / llm runs."""
     if mode == "slm":
@@ -72,7 +74,8 @@ def run_named_mode(ev, mode: str, examples, slm, *, out, thresholds=None, ratios
     if mode == "llm":
         return [ev.run_llm(examples, slm)]
     if mode == "relay":
-        return [ev.run_relay(examples, slm, t) for t in (thresholds or [DEFAULT_CALL_THRESHOLD])]
+        return [ev.run_relay(examples, slm, t, command_context=command_context)
+                for t in (thresholds or [DEFAULT_CALL_THRESHOLD])]
     if mode == "confidence":
         return [ev.run_confidence(examples, slm, t) for t in (thresholds or DEFAULT_THRESHOLDS)]
     if mode in LEARNED_ROUTER_MODES:

@@ -28,14 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RECIPE_VERSION = 2  # bump when anything that changes the models changes
-# GRPO after the warm-up for the default relay SLM? Not now: training/relay/grpo.py's rollouts keep
-# the command inside the SLM's context, while the edge (call_threshold) keeps it out, and on
-# the tiny pair GRPO did not help (measured: 45% with 0.8 calls a question, against 45%
-# after the warm-up alone). `relayllm train grpo` runs it on demand.
-RELAY_GRPO = False
 GGUF_QUANT = "q8_0"  # what the edge and the cloud run (parity with HF is near exact)
 # What a build adds on top of the pair (the tests build the pair alone, then turn these on)
-BUILD_RELAY = True  # the relay SLM (warm-up)
+BUILD_RELAY = True  # the relay SLM (warm-up, GRPO: training/models/default_relay.py)
 BUILD_ROUTERS = True  # the learned token routers R2R and CITER
 
 
@@ -44,13 +39,16 @@ class DefaultModels:
     root: Path
     llm: Path  # GGUF
     slm: Path  # GGUF, base (never taught the command)
-    relay_slm: Path | None  # GGUF, taught to relay; None when its build failed (info['relay_error'])
+    relay_slm: Path | None  # GGUF, taught to relay (warm-up + GRPO); None when its build failed (info['relay_error'])
     llm_hf: Path
     slm_hf: Path
     relay_slm_hf: Path | None = None
     info: dict = field(default_factory=dict)  # accuracies, build times, configs
     r2r_router: Path | None = None  # learned token routers (issue 5), when built
     citer_router: Path | None = None
+    relay_warmup_slm: Path | None = None  # GGUF, the relay SLM after the warm-up alone
+    relay_command_context: str = "keep"  # what the relay SLM was trained for (docs/relay-protocol.md)
+    relay_grpo_curves: Path | None = None  # PNG of the GRPO run
 
 
 def recipe_hash(seed: int) -> str:
@@ -60,7 +58,7 @@ def recipe_hash(seed: int) -> str:
 
     recipe = {"version": RECIPE_VERSION, "seed": seed, "llm": asdict(tiny_models.LLM_CONFIG),
               "slm": asdict(tiny_models.SLM_CONFIG), "task": [task.MIN_DIGITS, task.MAX_DIGITS, task.TRAIN_SIZE,
-                                                             task.TEST_SIZE, task.SPLIT_SEED], "quant": GGUF_QUANT}
+                                                             task.TEST_SIZE, task.VALIDATION_SIZE, task.SPLIT_SEED], "quant": GGUF_QUANT}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -150,50 +148,20 @@ def _build_pair(root: Path, seed: int, progress: bool) -> None:
 
 
 def _relay_missing_but_buildable(manifest: Path) -> bool:
+    from relayllm.training.models.default_relay import relay_missing
+
     if not manifest.is_file():
         return False
-    data = json.loads(manifest.read_text(encoding="utf-8"))
-    if data.get("relay_slm") is not None or data.get("info", {}).get("relay_error"):
-        return False  # built, or tried and failed (the error is in the manifest: not retried each call)
-    return BUILD_RELAY
+    return BUILD_RELAY and relay_missing(json.loads(manifest.read_text(encoding="utf-8")), manifest.parent)
 
 
 def _build_relay(root: Path, seed: int, progress: bool) -> None:
-    """Teach the SLM to relay with the relay training code (warm-up, then GRPO when there)."""
+    """Teach the SLM to relay (training/models/default_relay.py) and record it in the manifest."""
+    from relayllm.training.models.default_relay import build_relay
+
     manifest_path = root / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("relay_slm") is not None:
-        return
-    from relayllm.training.models import export
-    from relayllm.training.relay.grpo import run_grpo
-    from relayllm.training.relay.warmup import run_warmup
-
-    if not RELAY_GRPO:
-        run_grpo = None
-
-    started = time.perf_counter()
-    relay = root / "relay"
-    _say("teaching the SLM to relay (warm-up" + (" + GRPO)" if run_grpo else ")"))
-    try:
-        # contract with training/relay/warmup.py and grpo.py: HF checkpoint folders in,
-        # the folder of the trained HF checkpoint out
-        warm_dir = Path(run_warmup(slm=root / "slm", llm=root / "llm", out_dir=relay / "warmup", seed=seed,
-                                   progress=progress))
-        final_dir = warm_dir
-        if run_grpo is not None:
-            final_dir = Path(run_grpo(slm=warm_dir, llm=root / "llm", out_dir=relay / "grpo", seed=seed,
-                                      progress=progress))
-        paths = export.export(final_dir, relay, name="relay-slm", quants=(GGUF_QUANT,))
-    except Exception as exc:  # the base pair stays usable; the error is kept and shown
-        manifest["info"]["relay_error"] = f"{type(exc).__name__}: {exc}"
-        _write_json(manifest_path, manifest)
-        _say(f"relay SLM not built: {manifest['info']['relay_error']}")
-        return
-    manifest["relay_slm"] = str(paths[GGUF_QUANT].relative_to(root))
-    manifest["relay_slm_hf"] = str(final_dir.relative_to(root))
-    manifest["info"]["relay_build_s"] = time.perf_counter() - started
-    manifest["info"]["relay_stages"] = ["warmup"] + (["grpo"] if run_grpo else [])
-    _write_json(manifest_path, manifest)
+    _write_json(manifest_path, build_relay(root, manifest, seed, progress, GGUF_QUANT))
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,4 +286,7 @@ def _load(manifest: Path) -> DefaultModels:
 
     return DefaultModels(root=root, llm=path("llm"), slm=path("slm"), relay_slm=path("relay_slm"),
                          llm_hf=path("llm_hf"), slm_hf=path("slm_hf"), relay_slm_hf=path("relay_slm_hf"),
-                         info=data.get("info", {}), r2r_router=path("r2r_router"), citer_router=path("citer_router"))
+                         info=data.get("info", {}), r2r_router=path("r2r_router"), citer_router=path("citer_router"),
+                         relay_warmup_slm=path("relay_warmup_slm"),
+                         relay_command_context=data.get("info", {}).get("relay_command_context", "keep"),
+                         relay_grpo_curves=path("relay_grpo_curves"))

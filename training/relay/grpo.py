@@ -93,7 +93,7 @@ class RelayRollout:
                 if drops_command(self.command_context, len(written)):
                     # as on the device: the command leaves the context, the LLM's tokens take its place
                     start = len(completion) - 1 - completion[::-1].index(self.open_id)
-                    cache.crop(len(prompt_ids) + start - cache.get_seq_length())  # negative: tokens to remove
+                    cache.crop(-(len(completion) - 1 - start))  # the command's tokens in the cache (not `</call>` yet)
                     feed, first_row = written, before_command
                 else:
                     feed = feed + written
