@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a TOML file of settings (keys as below, without dashes; or RELAYLLM_CONFIG)")
     parser.add_argument("--model", help=helps["model"])
     parser.add_argument("--backend", choices=("auto", "llama.cpp", "llama.cpp-contexts", "transformers",
-                                              "openai-gateway"),
+                                              "transformers-batched", "openai-gateway"),
                         help=helps["backend"] + " (default auto)")
     parser.add_argument("--upstream-url", help=helps["upstream_url"])
     parser.add_argument("--tokenizer", help=helps["tokenizer"])
@@ -86,7 +86,7 @@ def make_backend(settings: ServeSettings):
         except ValueError as err:  # llama.cpp could not load it
             raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None
     try:
-        TransformersBackend = backend_class("transformers")
+        TransformersBackend = backend_class(kind)
     except ImportError as err:
         raise ServiceError(f"the transformers backend needs torch and transformers (pip install 'relayllm[cloud]'): {err}")
     try:

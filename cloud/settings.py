@@ -35,7 +35,8 @@ class ServeSettings:
                 "engine's model name (openai-gateway)"})
     backend: str = field(default="auto", metadata={
         "help": "auto (llama.cpp for a .gguf file, transformers for a folder), llama.cpp (sessions batched), "
-                "llama.cpp-contexts (a context per session), transformers, openai-gateway"})
+                "llama.cpp-contexts (a context per session), transformers (a KV cache per session), "
+                "transformers-batched (continuous batching), openai-gateway"})
     upstream_url: str | None = field(default=None, metadata={
         "help": "openai-gateway: the engine's base URL, e.g. http://vllm:8000/v1"})
     tokenizer: str | None = field(default=None, metadata={

@@ -166,3 +166,17 @@ def test_cli_refuses_a_missing_model(tmp_path, capsys):
 
     assert main(["bench", "--only", "edge", "--slm", str(tmp_path / "nope.gguf"), "--out", str(tmp_path)]) == 2
     assert "no such GGUF file" in capsys.readouterr().err
+
+
+def test_cloud_scale_section_measures_every_backend_at_every_level(smollm2_path):
+    cfg = bench.config(quick=True)
+    cfg.update(llm=str(smollm2_path), levels=[1, 2], load_calls=1, load_tokens=3, threads=1)
+    result = bench.bench(cfg, only="cloud-scale", progress=lambda msg: None)
+    scale = result["cloud_scale"]
+    assert len(scale["backends"]) == 3 and any(name.startswith("openai-gateway -> ") for name in scale["backends"])
+    for rows in scale["backends"].values():
+        assert [r["sessions"] for r in rows] == [1, 2] and all(r["errors"] == 0 for r in rows)
+    names = [f["name"] for f in result["figures"]]
+    assert sum(name.endswith("2 sessions: generated tok/s") for name in names) == 3
+    gateway = next(f for f in result["figures"] if f["name"] == "Help through the gateway (median)")
+    assert gateway["ratio"] > 0 and gateway["goal"] == "<= 1.1"

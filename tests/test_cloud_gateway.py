@@ -21,6 +21,7 @@ from relayllm.training.bench.llama_server import Engine  # noqa: E402
 
 from relayllm.protos import relay_pb2 as pb  # noqa: E402
 from relayllm.protos import relay_pb2_grpc as pbg  # noqa: E402
+from gateway_fixtures import client, cloud, evicted_session_is_resent, text_of  # noqa: E402,F401 - tests/ is on sys.path
 
 PROMPT = "The capital of France is"
 
@@ -39,27 +40,6 @@ def gateway(engine, smollm2_path):
     backend = OpenAIGatewayBackend(engine.url, model=engine.alias, tokenizer=smollm2_path, n_ctx=4096, max_sessions=2)
     yield backend
     backend.close()
-
-
-@pytest.fixture(scope="module")
-def cloud(gateway):
-    from relayllm.cloud.config import ServerConfig
-    from relayllm.cloud.harness import ServerThread
-
-    with ServerThread(gateway, config=ServerConfig(max_tokens_per_call=400)) as server:
-        yield server
-
-
-@pytest.fixture()
-def client(cloud):
-    from relayllm.edge.client import CloudClient
-
-    with CloudClient(cloud.target, deadline_s=60) as client:
-        yield client
-
-
-def text_of(session, **kw) -> str:
-    return "".join(p.text for p in session.help(**kw))
 
 
 def test_the_probe_finds_llama_cpp_server_takes_text_prompts_only(gateway):
@@ -92,14 +72,8 @@ def test_token_mode_streams_ids_whose_text_is_the_engines(client, engine, gatewa
     assert session.last_done.usage.reused_tokens == len(prompt) + len(ids)
 
 
-def test_an_evicted_session_is_resent_never_answered_wrong(client, engine):
-    session = client.session()
-    first = text_of(session, text=PROMPT, max_tokens=3)
-    for i in range(2):  # the gateway keeps two sessions
-        text_of(client.session(), text=f"Other session {i}", max_tokens=1)
-    whole = PROMPT + first + " And the capital of Italy is"
-    assert text_of(session, text=whole, max_tokens=4) == engine.complete(whole, 4)["choices"][0]["text"]
-    assert session.stats.resends == 1
+def test_an_evicted_session_is_resent_never_answered_wrong(client, engine, gateway):
+    evicted_session_is_resent(client, engine, gateway, PROMPT)
 
 
 def test_cancelling_a_call_stops_the_engine(cloud, engine):

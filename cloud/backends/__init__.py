@@ -6,7 +6,9 @@ torch loads only when the transformers backend is asked for).
 
 Names: "llama.cpp" (backends/llamacpp_batched.py: sessions decoded together in one batch),
 "llama.cpp-contexts" (backends/llamacpp.py: a llama.cpp context per session, one at a time,
-keeping a session's last logits across a Sync), "transformers" (backends/hf.py),
+keeping a session's last logits across a Sync), "transformers" (backends/hf.py: a KV cache per
+session, forward passes under one lock), "transformers-batched" (backends/hf_batched.py:
+transformers' continuous batching manager),
 "openai-gateway" (backends/openai_gateway.py: a gateway to vLLM, SGLang, llama-server).
 The protocol they implement is backends/base.py.
 """
@@ -19,6 +21,7 @@ _BACKENDS = {
     "llama.cpp": ("relayllm.cloud.backends.llamacpp_batched", "BatchedLlamaCppBackend"),
     "llama.cpp-contexts": ("relayllm.cloud.backends.llamacpp", "LlamaCppBackend"),
     "transformers": ("relayllm.cloud.backends.hf", "TransformersBackend"),
+    "transformers-batched": ("relayllm.cloud.backends.hf_batched", "BatchedTransformersBackend"),
     "openai-gateway": ("relayllm.cloud.backends.openai_gateway", "OpenAIGatewayBackend"),
 }
 NAMES = tuple(_BACKENDS)

