@@ -31,8 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-llm-tokens", type=int, default=256, help="tokens the cloud may write (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--call-threshold", type=float, default=None, metavar="P",
-                        help="a relay SLM calls whenever its probability of <call> reaches P (default: "
-                             "only when sampling picks it)")
+                        help="calibration: a relay SLM writes <call> (then N and </call> itself) wherever its "
+                             "probability of <call> reaches P (default: only when sampling picks it)")
+    parser.add_argument("--command-context", choices=("keep", "drop"), default="keep",
+                        help="after a call, the command stays in the SLM's context (keep, the paper's) or leaves "
+                             "it (drop: for an SLM trained that way, like the default relay SLM)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                         help="wrap the prompt in the model's chat template (default: on)")
@@ -117,7 +120,8 @@ def run(args) -> int:
     try:
         try:
             decoder = RelayDecoder(slm, cloud=client, limits=limits, sampling=sampling, chat=args.chat,
-                                   deadline_s=args.deadline, call_threshold=args.call_threshold)
+                                   deadline_s=args.deadline, call_threshold=args.call_threshold,
+                                   command_context=args.command_context)
         except ValueError as exc:  # a threshold out of range, or an SLM without <call>
             raise EdgeError(str(exc)) from None
         try:

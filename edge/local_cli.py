@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--citer-router", metavar="ONNX", default=None, help="router file for the citer mode")
     parser.add_argument("--router-threshold", type=float, default=0.5, help="threshold of the r2r/citer routers")
     parser.add_argument("--call-threshold", type=float, default=None, help="relay mode: see `relayllm generate`")
+    parser.add_argument("--command-context", choices=("keep", "drop"), default="keep",
+                        help="relay mode: see `relayllm generate`")
     parser.add_argument("--max-tokens", type=int, default=256, help="default response tokens per request")
     parser.add_argument("--n-ctx", type=int, default=4096, help="the SLM's context (default 4096)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")
@@ -79,7 +81,7 @@ def build_service(args):
                           redact=redact_personal if args.redact else None,
                           audit=AuditLog(args.audit_log, with_text=args.audit_text) if args.audit_log else None)
         decoder = RelayDecoder(slm, cloud=client, deadline_s=args.deadline, call_threshold=args.call_threshold,
-                               privacy=privacy)
+                               command_context=args.command_context, privacy=privacy)
     except ValueError as exc:
         raise EdgeError(str(exc)) from None
     # 3) A router per mode that needs one.
