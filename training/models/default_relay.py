@@ -29,7 +29,7 @@ from pathlib import Path
 class RelayRecipe:
     command_context: str = "drop"
     warmup: dict = field(default_factory=lambda: {"clean_context": True})
-    grpo: dict = field(default_factory=lambda: {"command_context": "drop", "steps": 40})
+    grpo: dict = field(default_factory=lambda: {"command_context": "drop", "steps": 30})
     grpo_on: bool = True  # False: the warm-up's SLM is the relay SLM
 
 
