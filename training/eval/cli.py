@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random mode: shares p of LLM tokens (default: relay's ratio from <out>/relay.json); "
                              f"query mode: shares of questions (default {' '.join(map(str, DEFAULT_QUERY_SHARES))})")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="the built-in task's split (default test; choose settings on validation)")
     parser.add_argument("--grader", choices=("exact", "math"),
                         help="exact (built-in task) or math (math-verify: boxed / final number); "
                              "default: exact for the built-in task, math for --data")
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         examples = E.load_jsonl(args.data, args.limit)
         prompt, instruction = None, (None if args.no_chat else args.instruction)
     else:
-        examples = E.builtin_examples(args.limit)
+        examples = E.builtin_examples(args.limit, split=args.split)
         prompt, instruction = task.format_prompt, None
     grader = E.make_grader(args.grader or ("math" if args.data else "exact"))
 
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                                 command_context=args.command_context or (
                                     defaults.relay_command_context if defaults is not None and not args.slm else "keep"))
 
-    meta = {"data": args.data or "built-in task (held-out split)", "slm": str(slm), "llm": str(llm or args.cloud),
+    meta = {"data": args.data or f"built-in task ({args.split} split)", "slm": str(slm), "llm": str(llm or args.cloud),
             "n": len(examples), "seed": args.seed, "max_tokens": args.max_tokens, "instruction": instruction}
     E.write_mode_json(args.out, args.mode, runs, meta)
     table, plot = E.write_report(args.out)
