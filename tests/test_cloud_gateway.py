@@ -77,6 +77,7 @@ def test_an_evicted_session_is_resent_never_answered_wrong(client, engine, gatew
 
 
 def test_cancelling_a_call_stops_the_engine(cloud, engine):
+    engine.complete(PROMPT, 1)  # the engine's first request after start-up can stall for seconds: not this one
     channel = grpc.insecure_channel(cloud.target)
     call = pbg.RelayStub(channel).Help(pb.HelpRequest(
         session_id="cancel-me", context=pb.Context(text="Write a long story about a dragon. Once upon a time"),
@@ -87,7 +88,7 @@ def test_cancelling_a_call_stops_the_engine(cloud, engine):
     # 5 s here), this one would wait behind it
     start = time.monotonic()
     engine.complete(PROMPT, 2)
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 3.0
     channel.close()
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 # minutes on 2 CPU cores; --fast is for a quick look (and the tests). The random router's p
 # rises until it reaches relay's accuracy (the LLM alone is p = 1). Relay's settings: None =
 # the relay mode's own default (training/eval/modes.py).
-FULL = {"validation": 100, "test": 300, "relay_settings": (None, 0.3, 0.1, 0.03), "random_p": (0.05, 0.1, 0.2, 0.4, 0.6, 0.8),
+FULL = {"validation": 100, "test": 300, "test_curves": False, "relay_settings": (None, 0.1, 0.03), "random_p": (0.05, 0.1, 0.2, 0.4, 0.6, 0.8),
         "thresholds": (0.3, 0.6, 0.9), "query_shares": (0.25, 0.5, 0.75), "router_thresholds": (0.5, 0.9, 0.98)}
 FAST = {"validation": 8, "test": 12, "relay_settings": (None, 0.1), "random_p": (0.15, 0.5), "thresholds": (0.6, 0.9),
         "query_shares": (0.5,), "router_thresholds": (0.5, 0.9)}
@@ -122,7 +122,10 @@ def sweep(ev, examples, models, *, relay_settings, thresholds, query_shares, rou
     from relayllm.training import eval as E
 
     def settings(mode, default):
-        return [only[mode]] if only is not None and mode in only else list(default)
+        if only is None or mode not in only:
+            return list(default)
+        # relay: the chosen calibration, and relay without it (the table shows both)
+        return [only[mode]] + ([None] if mode.startswith("relay") and only[mode] is not None else [])
 
     slm, llm = slm_llm or (ev.run_slm(examples, models.slm), ev.run_llm(examples, models.slm))
     context = getattr(models, "relay_command_context", "keep")
@@ -185,7 +188,13 @@ def run_all_modes(models, out: str | Path, *, validation: int, test: int, random
         only = None if test_curves else {m: c.setting for m, c in choices.items()}
         tst = sweep(ev, test_ex, models, only=only, **grid)
         relay = E.chosen_run(tst["relay"], choices["relay"])
-        tst["random"] = E.sweep_until(lambda p: ev.run_random(test_ex, models.slm, p), ps, relay.accuracy)
+        # on test the sweep starts one step below where validation reached relay (both sides measured)
+        reached = [r.setting for r in val["random"]]
+        first = reached[-2] if len(reached) >= 2 else ps[0]
+        run_test = lambda p: ev.run_random(test_ex, models.slm, p)  # noqa: E731
+        tst["random"] = E.sweep_until(run_test, [p for p in ps if p >= first], relay.accuracy)
+        if tst["random"][0].accuracy >= relay.accuracy and first > ps[0]:  # no point below: from the start
+            tst["random"] = E.sweep_until(run_test, ps, relay.accuracy, start=tst["random"])
         say("test random: " + ", ".join(f"p={r.setting:g} {r.accuracy:.1%}" for r in tst["random"]))
     eval_s = time.perf_counter() - started
 
@@ -195,6 +204,7 @@ def run_all_modes(models, out: str | Path, *, validation: int, test: int, random
         E.write_mode_json(out, mode, runs, {**meta, "data": "built-in task, test split"})
     for mode, runs in val.items():
         E.write_mode_json(out / "validation", mode, runs, {**meta, "data": "built-in task, validation split"})
+    meta["test_curves"] = test_curves
     return _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair)
 
 
@@ -223,7 +233,7 @@ def _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair) -> di
                     if r.setting is None and r is not chosen.get(m)]  # relay with and without the knob
     rows = [slm, llm, relay, *uncalibrated, *tst["random"],
             *(chosen[m] for m in TUNED_MODES if m in chosen and m != "relay")]
-    labels = [r.label + (" (chosen)" if r.mode in chosen else "") for r in rows]
+    labels = [r.label + (" (chosen)" if chosen.get(r.mode) is r else "") for r in rows]
     gap = E.gap_recovered(slm.accuracy, relay.accuracy, llm.accuracy)
     cost = E.saved_vs_random(relay, tst["random"])
     random_val = val["random"][-1] if val["random"] and val["random"][-1].accuracy >= E.chosen_run(
@@ -247,10 +257,14 @@ def _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair) -> di
     test_runs = [r for runs in tst.values() for r in runs]
     val_runs = [r for runs in val.values() for r in runs]
     table_md = ("## Test split: each mode at its chosen setting\n\n" + E.markdown_table(rows, llm=llm, labels=labels)
-                + "\n## Test split: every run (the curves)\n\n" + E.markdown_table(test_runs, llm=llm)
+                + "\n## Test split: every run" + (" (the curves)" if meta["test_curves"] else "") + "\n\n"
+                + E.markdown_table(test_runs, llm=llm)
                 + "\n## Validation split: every run (where settings are chosen)\n\n"
                 + E.markdown_table(val_runs, llm=val["llm"][0]))
-    table_path, plot_path = E.write_report(out, test_runs, headline=headline_text, table=table_md)
+    # the curves: every setting on test when run there, else on validation (where they all run)
+    table_path, plot_path = E.write_report(out, test_runs, headline=headline_text, table=table_md,
+                                           plot_runs=None if meta["test_curves"] else val_runs,
+                                           plot_split="test" if meta["test_curves"] else "validation")
     summary = {
         "commit": machine.git_commit(), "machine": machine.machine_info(),
         "splits": {"test": meta["n_test"], "validation": meta["n_validation"], "sizes": {

@@ -144,9 +144,11 @@ def plot_points(runs: Sequence[ModeRun], x: str = "ratio") -> dict[str, list[tup
 
 
 def write_report(out_dir: str | Path, runs: Sequence[ModeRun] | None = None, headline: str = "",
-                 table: str | None = None) -> tuple[Path, Path]:
+                 table: str | None = None, plot_runs: Sequence[ModeRun] | None = None,
+                 plot_split: str = "") -> tuple[Path, Path]:
     """`results.md` (the table, or `table` when given, plus `headline` lines) and the two PNG
-    plots, for `runs` or all runs in the folder. Returns (results.md, the LLM token ratio plot)."""
+    plots, for `runs` or all runs in the folder (`plot_runs`: other runs for the plots, e.g.
+    every setting on validation, named by `plot_split`). Returns (results.md, the ratio plot)."""
     from relayllm.training.eval.plots import plot_accuracy_vs_ratio
 
     out = Path(out_dir)
@@ -159,14 +161,17 @@ def write_report(out_dir: str | Path, runs: Sequence[ModeRun] | None = None, hea
     if headline:
         md += "\n" + headline.rstrip() + "\n"
     md += f"\n![accuracy vs LLM token ratio]({PLOT_FILE})\n"
-    compute = plot_points(runs, "compute")
+    plotted = list(plot_runs) if plot_runs is not None else runs
+    where = f" ({plot_split} split)" if plot_split else ""
+    compute = plot_points(plotted, "compute")
     if compute:
-        plot_accuracy_vs_ratio(compute, out / COMPUTE_PLOT_FILE, title="Accuracy vs cloud compute per answer",
+        plot_accuracy_vs_ratio(compute, out / COMPUTE_PLOT_FILE, title="Accuracy vs cloud compute per answer" + where,
                                xlabel="cloud compute per answer (cloud seconds, % of the LLM answering alone)")
         md += f"\n![accuracy vs cloud compute per answer]({COMPUTE_PLOT_FILE})\n"
     table_path = out / TABLE_FILE
     table_path.write_text(md, encoding="utf-8")
-    plot_path = plot_accuracy_vs_ratio(plot_points(runs), out / PLOT_FILE)
+    plot_path = plot_accuracy_vs_ratio(plot_points(plotted), out / PLOT_FILE,
+                                       title="Accuracy vs LLM token ratio" + where)
     return table_path, plot_path
 
 

@@ -12,7 +12,10 @@ figures are in the README's relay section):
   context shifts them (warm-up with commands kept: 33.5 % at 1.2 % LLM tokens; dropped:
   68.5 % at 1.0 %; docs/relay-protocol.md);
 - warm-up: guided, N = the LLM span that brings the SLM back onto the LLM's path;
-- GRPO: rollouts with real LLM calls on the same protocol, the table reward.
+- GRPO: rollouts with real LLM calls on the same protocol, the table reward, 30 steps at
+  lr 5e-5 (at 2e-4 the reward fell and the KL rose after ~15 steps, and validation accuracy
+  dropped below the warm-up's: 69.0 % vs 72.0 % without calibration; at 5e-5: 76.5 % at 1.6 %
+  LLM tokens vs the warm-up's 72.0 % at 1.1 %, the first 200 validation questions).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 class RelayRecipe:
     command_context: str = "drop"
     warmup: dict = field(default_factory=lambda: {"clean_context": True})
-    grpo: dict = field(default_factory=lambda: {"command_context": "drop", "steps": 30})
+    grpo: dict = field(default_factory=lambda: {"command_context": "drop", "steps": 30, "lr": 5e-5})
     grpo_on: bool = True  # False: the warm-up's SLM is the relay SLM
 
 
