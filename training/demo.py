@@ -193,8 +193,10 @@ def run_all_modes(models, out: str | Path, *, validation: int, test: int, random
         first = reached[-2] if len(reached) >= 2 else ps[0]
         run_test = lambda p: ev.run_random(test_ex, models.slm, p)  # noqa: E731
         tst["random"] = E.sweep_until(run_test, [p for p in ps if p >= first], relay.accuracy)
-        if tst["random"][0].accuracy >= relay.accuracy and first > ps[0]:  # no point below: from the start
-            tst["random"] = E.sweep_until(run_test, ps, relay.accuracy, start=tst["random"])
+        for p in sorted((p for p in ps if p < first), reverse=True):  # no point below yet: step down
+            if tst["random"][0].accuracy < relay.accuracy:
+                break
+            tst["random"].insert(0, run_test(p))
         say("test random: " + ", ".join(f"p={r.setting:g} {r.accuracy:.1%}" for r in tst["random"]))
     eval_s = time.perf_counter() - started
 
