@@ -35,6 +35,7 @@ data = "{data}"
 [warmup]
 n_examples = 2
 solved_only = false   # a 135M model solves no GSM8K question in 12 tokens: keep its paths anyway
+call_below = 0.9      # SLM = LLM never departs from its own path: call where it is unsure instead
 max_new_tokens = 12
 steps = 1
 batch_size = 2
