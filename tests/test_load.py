@@ -4,7 +4,8 @@ More sessions than the backend's session cache holds, so sessions are evicted an
 edges must resend (FAILED_PRECONDITION, then the whole prefix), never get wrong text.
 Prints requests per second, p50/p95/p99 Help latency, errors and peak memory; asserts no
 errors and memory bounded by the session cache (a second, longer wave of the same load
-does not grow the peak). The long variant (`pytest --long`) runs more sessions for longer.
+does not grow the peak). The long variant (`pytest --long`) runs more sessions for longer,
+past what the server admits: it must shed load with a clear status and keep latency bounded.
 """
 
 from __future__ import annotations
@@ -54,4 +55,10 @@ def test_sixteen_sessions_over_a_four_session_cache(cloud):
 def test_sixty_four_sessions_for_a_minute(cloud):
     report = run_load(cloud.target, sessions=64, duration_s=60, max_tokens=8, delta_chars=120)
     show("64 sessions x 60 s", report)
-    check(report)
+    # overload (64 sessions on one llama.cpp thread and a 4-session cache): the server sheds
+    # what waits past max_queue_s with RESOURCE_EXHAUSTED (the edge's SLM goes on alone), so
+    # latency stays bounded; nothing else may fail
+    assert report.requests > report.errors
+    assert set(report.errors_by_code) <= {"refused:RESOURCE_EXHAUSTED"}, report.errors_by_code
+    assert report.latency_p50_s <= report.latency_p95_s <= report.latency_p99_s
+    assert report.latency_p99_s <= cloud.config.max_queue_s + 10
