@@ -109,6 +109,7 @@ class Admission:
         self._buckets: dict[str, _Bucket] = {}
         self._in_flight = 0
         self._per_tenant: dict[str, int] = {}
+        self.closed = False  # draining: new calls are refused with UNAVAILABLE (clients go elsewhere)
 
     def tenant(self, metadata) -> str:
         if self.config.tokens is None:
@@ -140,6 +141,8 @@ class Admission:
     def call(self, tenant: str) -> Iterator[None]:
         """One in-flight call for the block (refused at once when over a limit)."""
         with self._lock:
+            if self.closed:
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "the server is draining: retry on another replica")
             if self._in_flight >= self.config.max_concurrent_streams:
                 raise exhausted(f"busy: at most {self.config.max_concurrent_streams} concurrent calls")
             if self._per_tenant.get(tenant, 0) >= self.config.max_calls_per_tenant:
