@@ -14,6 +14,8 @@ import json
 import re
 import sys
 
+from relayllm.protos.protocol import COMMAND_CONTEXTS
+
 LLM_OPEN, LLM_CLOSE = "⟦", "⟧"
 ANSI_LLM, ANSI_RESET = "\033[1;36m", "\033[0m"  # bold cyan for the cloud's words
 _ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call-threshold", type=float, default=None, metavar="P",
                         help="calibration: a relay SLM writes <call> (then N and </call> itself) wherever its "
                              "probability of <call> reaches P (default: only when sampling picks it)")
-    parser.add_argument("--command-context", choices=("keep", "drop"), default="keep",
+    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default="keep",
                         help="after a call, the command stays in the SLM's context (keep, the paper's) or leaves "
                              "it (drop: for an SLM trained that way, like the default relay SLM)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")

@@ -16,6 +16,8 @@ HELP = "serve an OpenAI-compatible endpoint on 127.0.0.1 (the SLM on this device
 import argparse
 import os
 
+from relayllm.protos.protocol import COMMAND_CONTEXTS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--citer-router", metavar="ONNX", default=None, help="router file for the citer mode")
     parser.add_argument("--router-threshold", type=float, default=0.5, help="threshold of the r2r/citer routers")
     parser.add_argument("--call-threshold", type=float, default=None, help="relay mode: see `relayllm generate`")
-    parser.add_argument("--command-context", choices=("keep", "drop"), default="keep",
+    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default="keep",
                         help="relay mode: see `relayllm generate`")
     parser.add_argument("--max-tokens", type=int, default=256, help="default response tokens per request")
     parser.add_argument("--n-ctx", type=int, default=4096, help="the SLM's context (default 4096)")

@@ -146,7 +146,7 @@ def call_and_splice(req, requested: int, trigger: str, drop_from: int | None = N
     # 3) The splice: only the new tokens are evaluated, on top of the kept KV cache.
     if not token_mode:
         ids = req.vocab.text("".join(texts)) if texts else []
-    if drop_from is not None and drops_command("drop", len(ids)) and req.llm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
+    if drop_from is not None and drops_command(req.d.command_context, len(ids)) and req.llm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
         req.llm.n_tokens = drop_from
     ids = ids[: max(0, req.room() - 1)]
     append_tokens(req.llm, ids)

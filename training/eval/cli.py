@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import sys
 
+from relayllm.protos.protocol import COMMAND_CONTEXTS
 from relayllm.training.errors import TrainingError
 
 
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relay mode: calibration thresholds (the SLM writes <call> where its P(<call>) reaches "
                              "T; default: none, its own choice alone); confidence mode: top-probability thresholds; r2r / citer: p_llm thresholds "
                              f"(default {' '.join(map(str, DEFAULT_THRESHOLDS))})")
-    parser.add_argument("--command-context", choices=("keep", "drop"), default=None,
+    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default=None,
                         help="relay mode: after a call the command stays in the SLM's context (keep, the paper's) "
                              "or leaves it (drop); default: what the default relay SLM was trained for, else keep "
                              "(docs/relay-protocol.md)")

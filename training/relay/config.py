@@ -26,6 +26,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from relayllm.protos.protocol import COMMAND_CONTEXTS
 from relayllm.training.data.prompts import DEFAULT_INSTRUCTION
 from relayllm.training.errors import TrainingError
 from relayllm.training.relay.rewards import REWARDS as REWARD_KINDS
@@ -128,7 +129,7 @@ class GrpoConfig:
         _need(self.group_size >= 2, "grpo", f"group_size must be at least 2 (GRPO compares a group), got {self.group_size}")
         _need(self.n_prompts is None or self.n_prompts >= 1, "grpo", f"n_prompts must be at least 1, got {self.n_prompts}")
         _need(self.max_calls >= 0, "grpo", f"max_calls must be >= 0, got {self.max_calls}")
-        _need(self.command_context in ("keep", "drop"), "grpo",
+        _need(self.command_context in COMMAND_CONTEXTS, "grpo",
               f"command_context must be 'keep' or 'drop', got {self.command_context!r}")
         _need(self.lr > 0 and self.temperature > 0, "grpo", "lr and temperature must be > 0")
         _need(self.kl >= 0 and 0 < self.clip < 1 and self.llm_temperature >= 0, "grpo",

@@ -61,6 +61,10 @@ class DropView:
         self.model, self.tokenizer = model, tokenizer
         self.open_id, self.close_id, self.max_calls = open_id, close_id, max_calls
 
+    def around(self, model) -> "DropView":
+        """The same view over another model (the policy, or the KL reference)."""
+        return DropView(model, self.tokenizer, self.open_id, self.close_id, self.max_calls)
+
     def __getattr__(self, name):
         return getattr(self.model, name)
 
@@ -82,9 +86,7 @@ def drop_context_trainer_class():
         relay_view: DropView | None = None
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kw):
-            view = self.relay_view
-            wrapped = DropView(model, view.tokenizer, view.open_id, view.close_id, view.max_calls)
-            return super()._get_per_token_logps_and_entropies(wrapped, input_ids, attention_mask, logits_to_keep,
+            return super()._get_per_token_logps_and_entropies(self.relay_view.around(model), input_ids, attention_mask, logits_to_keep,
                                                               *args, **kw)
 
     return DropContextGRPOTrainer
