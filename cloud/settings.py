@@ -18,12 +18,16 @@ Not here: the flags themselves (cloud/cli.py) or the limits' meaning (cloud/conf
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from relayllm.cloud.config import ServerConfig
 from relayllm.cloud.errors import ServiceError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
 
 
 @dataclass

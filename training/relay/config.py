@@ -231,7 +231,10 @@ def read_config_file(path: str | Path | None) -> dict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser, as the tomli package
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         else:
