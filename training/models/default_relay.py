@@ -7,7 +7,7 @@ warm-up and GRPO configs it runs with) is hashed into the manifest: when any of 
 the relay SLM is rebuilt and nothing else (the pair and the routers stay).
 
 The recipe (chosen on a validation set of 200 questions disjoint from train and test; the
-figures are in the README's relay section):
+figures are in docs/relay-protocol.md, "What was measured while choosing"):
 - command_context "drop": the tiny SLM finds digits by position; a command kept in its
   context shifts them (warm-up with commands kept: 33.5 % at 1.2 % LLM tokens; dropped:
   68.5 % at 1.0 %; docs/relay-protocol.md);
