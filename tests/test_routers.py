@@ -240,6 +240,39 @@ def test_citer_shortcut_labels_and_rollouts():
 # The pipelines end to end on the miniature models (real torch models, tiny budget)
 
 
+def test_held_out_positions_come_from_held_out_questions(mini):
+    """Precision and recall are measured on questions the router never saw: the positions of one
+    answer share its prefix and solution, so splitting positions would leak them across."""
+    from relayllm.training.routers.features import RouterData, feature_spec_for, labelled_data
+
+    rng = np.random.default_rng(0)
+    sizes = [3, 7, 1, 12, 5, 9, 4, 6, 2, 8]
+    question = np.concatenate([np.full(n, q) for q, n in enumerate(sizes)])
+    n = len(question)
+    data = RouterData(rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 50, n),
+                      (rng.random(n) < 0.3).astype(np.float32), question)
+    for held_out, seed in [(0.25, 0), (0.25, 1), (0.5, 3), (0.1, 2)]:
+        train, test = data.split(held_out, seed)
+        assert not set(train.question) & set(test.question), "a question on both sides"
+        assert set(train.question) | set(test.question) == set(range(len(sizes)))
+        assert len(train) + len(test) == n and len(test) > 0 and len(train) > 0
+        assert test.questions == max(1, round(held_out * len(sizes)))
+        # every position of a held-out question is held out, with its own features and label
+        for q in set(test.question):
+            rows = np.flatnonzero(data.question == q)
+            assert (test.question == q).sum() == len(rows)
+            np.testing.assert_array_equal(test.dense[test.question == q], data.dense[rows])
+            np.testing.assert_array_equal(test.label[test.question == q], data.label[rows])
+    assert [len(p) for p in data.split(0.25, 7)] == [len(p) for p in data.split(0.25, 7)]  # seeded
+    # the features builder tags each position with its question (an empty response adds none)
+    tok = mini.tok
+    paths = [(tok.encode("1 + 1 ="), tok.encode(" 2"), np.zeros(len(tok.encode(" 2")), np.float32)),
+             (tok.encode("2 + 2 ="), [], np.zeros(0, np.float32)),
+             (tok.encode("3 + 4 ="), tok.encode(" 7 ok"), np.ones(len(tok.encode(" 7 ok")), np.float32))]
+    built = labelled_data(mini.slm, feature_spec_for(mini.slm), paths)
+    assert built.question.tolist() == [0] * len(paths[0][1]) + [2] * len(paths[2][1])
+
+
 def test_r2r_and_citer_pipelines_train_and_export(mini, mini_llama, tmp_path):
     from relayllm.edge.token_router import TokenRouter
     from relayllm.training.routers.citer import train_citer
@@ -259,12 +292,16 @@ def test_r2r_and_citer_pipelines_train_and_export(mini, mini_llama, tmp_path):
     report = train_r2r(mini.slm, mini.llm, list(zip(prompts, graders)), out_path=tmp_path / "r2r.onnx", max_new=6,
                        hidden=8, epochs=5, progress=False)
     assert report.prompts == 6 and report.positions > 0 and report.rollouts == report.disagreements
+    # precision and recall on held-out questions: 6 * 0.25 -> 2 questions held out, 4 trained on
+    assert (report.train["questions"], report.held_out["questions"]) == (4, 2)
+    assert report.train["n"] + report.held_out["n"] == report.positions
     assert TokenRouter(tmp_path / "r2r.onnx", llama=mini_llama).mode == "r2r"
 
     references = [slm.complete(p, 6) for p in prompts]
     examples = [(p, r, g) for p, r, g in zip(prompts, references, graders)]
     creport = train_citer(mini.slm, mini.llm, examples, out_path=tmp_path / "citer.onnx", max_new=6, hidden=8,
                           epochs=5, iterations=2, progress=False)
+    assert (creport.train["questions"], creport.held_out["questions"]) == (4, 2)
     # The references are the SLM's own answers: every position is shortcut case 1.
     assert creport.case_counts["slm_matches"] == creport.positions and creport.rollouts == 0
     assert creport.rollouts_saved == 1.0

@@ -185,6 +185,9 @@ class RouterRecipe:
     hidden: int = 64
     epochs: int = 40
     cost_per_llm_token: float = 0.1
+    # held-out precision and recall on whole questions (training/routers/features.py,
+    # RouterData.split); named here so that routers cached with the old split by position are rebuilt
+    held_out_split: str = "question"
 
 
 ROUTER_RECIPE = RouterRecipe()

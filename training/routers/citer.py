@@ -14,7 +14,14 @@ most of them by teacher-forcing along a reference solution. At each position:
    reward(SLM) = correctness of that answer; label LLM when 1 - cost beats it.
 Optionally iterate: relabel the case-3 positions by rolling out with the SLM *and the current
 router* (the LLM writing the tokens it routes), then retrain.
-The report counts the rollouts the shortcut saved against rolling out every decision.
+The report counts the rollouts the shortcut saved against rolling out every decision, and
+precision and recall on held-out *questions* (RouterData.split).
+
+How this differs from the paper: in case 3 only the SLM's branch is rolled out; the LLM's
+branch is *assumed* to reach the right answer (reward 1 - cost), not rolled out. The router
+is trained by binary cross-entropy on these labels, and once (`iterations=1`, the default and
+what the demo runs) where the paper iterates labelling and training; `iterations=2` relabels
+case 3 once with the round-1 router.
 """
 
 from __future__ import annotations

@@ -92,30 +92,45 @@ class RouterNet(nn.Module):
 
 @dataclass
 class RouterData:
-    """Labelled positions: dense features, candidate tokens, labels (1 = the LLM should write it)."""
+    """Labelled positions: dense features, candidate tokens, labels (1 = the LLM should write it),
+    and the question each position comes from (`question`: its index among the prompts)."""
 
     dense: np.ndarray
     token: np.ndarray
     label: np.ndarray
+    question: np.ndarray
 
     def __len__(self) -> int:
         return len(self.label)
+
+    @property
+    def questions(self) -> int:
+        return len(np.unique(self.question))
 
     @classmethod
     def concat(cls, parts: list["RouterData"], spec: FeatureSpec) -> "RouterData":
         parts = [p for p in parts if len(p)]
         if not parts:
-            return cls(np.zeros((0, spec.dense_size), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+            return cls(np.zeros((0, spec.dense_size), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                       np.zeros(0, np.int64))
         return cls(np.concatenate([p.dense for p in parts]).astype(np.float32),
                    np.concatenate([p.token for p in parts]).astype(np.int64),
-                   np.concatenate([p.label for p in parts]).astype(np.float32))
+                   np.concatenate([p.label for p in parts]).astype(np.float32),
+                   np.concatenate([p.question for p in parts]).astype(np.int64))
 
     def split(self, held_out: float, seed: int = 0) -> tuple["RouterData", "RouterData"]:
-        idx = np.random.default_rng(seed).permutation(len(self))
-        n_test = int(round(held_out * len(self)))
-        test, train = idx[:n_test], idx[n_test:]
-        pick = lambda i: RouterData(self.dense[i], self.token[i], self.label[i])
-        return pick(train), pick(test)
+        """(train, held out) by question, not by position: the positions of one answer are
+        alike (one prefix, one solution), so a question on both sides would leak its labels
+        into the held-out precision and recall. round(held_out * questions) questions, drawn
+        by `seed`, are held out; with two or more questions, at least one is on each side."""
+        ids = np.unique(self.question)
+        n_test = int(round(held_out * len(ids)))
+        if len(ids) >= 2 and held_out > 0:
+            n_test = min(max(n_test, 1), len(ids) - 1)
+        test_ids = np.random.default_rng(seed).permutation(ids)[:n_test]
+        in_test = np.isin(self.question, test_ids)
+        pick = lambda keep: RouterData(self.dense[keep], self.token[keep], self.label[keep], self.question[keep])
+        return pick(~in_test), pick(in_test)
 
 
 def labelled_data(slm_model, spec: FeatureSpec, paths) -> RouterData:
@@ -123,12 +138,13 @@ def labelled_data(slm_model, spec: FeatureSpec, paths) -> RouterData:
     builder for R2R and CITER. `paths` yields (prompt ids, response ids, labels per response
     token); the response is the LLM's greedy path (R2R) or the reference solution (CITER)."""
     parts = []
-    for prompt_ids, response_ids, labels in paths:
+    for question, (prompt_ids, response_ids, labels) in enumerate(paths):
         if not response_ids:
             continue
         feats = sequence_features(slm_model, list(prompt_ids) + list(response_ids), spec, start=len(prompt_ids) - 1)
         n = len(response_ids)
-        parts.append(RouterData(feats.dense[:n], feats.greedy[:n].astype(np.int64), labels))
+        parts.append(RouterData(feats.dense[:n], feats.greedy[:n].astype(np.int64), labels,
+                                np.full(n, question, dtype=np.int64)))
     return RouterData.concat(parts, spec)
 
 
@@ -167,12 +183,12 @@ def train_router(data: RouterData, spec: FeatureSpec, token_table: torch.Tensor 
 def precision_recall(net: RouterNet, data: RouterData, threshold: float = 0.5) -> dict:
     """Precision, recall and share fired on labelled positions."""
     if len(data) == 0:
-        return {"n": 0, "positives": 0, "precision": None, "recall": None, "fired": 0.0}
+        return {"n": 0, "questions": 0, "positives": 0, "precision": None, "recall": None, "fired": 0.0}
     p = net(torch.as_tensor(data.dense), torch.as_tensor(data.token)).numpy()
     pred = p >= threshold
     truth = data.label >= 0.5
     tp = int((pred & truth).sum())
-    return {"n": int(len(truth)), "positives": int(truth.sum()), "threshold": threshold,
+    return {"n": int(len(truth)), "questions": data.questions, "positives": int(truth.sum()), "threshold": threshold,
             "precision": tp / int(pred.sum()) if pred.sum() else None,
             "recall": tp / int(truth.sum()) if truth.sum() else None,
             "fired": float(pred.mean())}

@@ -9,7 +9,14 @@ Labelling, per training prompt:
    different -> divergent (label 1), same -> neutral (label 0). Positions where the two
    models agree are negatives too. Only divergent positions are positives.
 The router then learns, from the SLM's own features at each position, to spot divergent
-tokens; training uses class balancing (positives weighed by negatives / positives).
+tokens; training uses class balancing (positives weighed by negatives / positives). The
+held-out precision and recall are on held-out *questions* (RouterData.split): no question has
+positions on both sides.
+
+How this differs from the paper: R2R asks a verifier LLM whether the two continuations differ
+in meaning; here there is no verifier model, the label is the final answers' correctness
+(`is_correct`), and the rule is symmetric: a disagreement is divergent when the SLM's branch
+is wrong where the LLM's path is right, *and* when it is right where the LLM's path is wrong.
 """
 
 from __future__ import annotations
