@@ -1,6 +1,6 @@
 """Chat prompts: messages through the GGUF's own chat template, tokenized safely.
 
-    template = ChatTemplate.of(llm)                 # the template stored in the GGUF
+    template = ChatTemplate.of(llama)               # the template stored in the GGUF
     ids, text = template.tokens(vocab, messages)    # [{"role": "user", "content": "..."}]
 
 Only the template's own markers become control tokens. Each message's content is found in
@@ -50,14 +50,14 @@ class ChatTemplate:
                                               add_generation_prompt=True)
 
     @classmethod
-    def of(cls, llm) -> "ChatTemplate":
+    def of(cls, llama) -> "ChatTemplate":
         from relayllm.edge.vocab import Vocab
 
-        template = llm.metadata.get("tokenizer.chat_template")
+        template = llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError("this GGUF has no chat template: use chat=False and plain prompts")
-        vocab = Vocab(llm)
-        return cls(template, bos=vocab.special_text(llm.token_bos()), eos=vocab.special_text(llm.token_eos()))
+        vocab = Vocab(llama)
+        return cls(template, bos=vocab.special_text(llama.token_bos()), eos=vocab.special_text(llama.token_eos()))
 
     def segments(self, messages) -> list[Segment]:
         """The rendered prompt cut into template markup and message content.

@@ -37,7 +37,7 @@ class Request:
 
     def __init__(self, decoder, prompt_text: str, prompt_ids: list[int], *, link, router, limits, sampling):
         self.d = decoder
-        self.llm = decoder.llm
+        self.slm = decoder.slm
         self.vocab = decoder.vocab
         self.link = link
         self.router = router
@@ -90,31 +90,31 @@ class Request:
     # -- the SLM's context ------------------------------------------------------------------
     def prefill(self, prompt_ids: list[int]) -> None:
         """Evaluates the prompt, reusing the longest prefix already in the KV cache."""
-        llm = self.llm
+        slm = self.slm
         reuse = 0
-        if llm.n_tokens > 0 and prompt_ids:
-            held = llm.input_ids[: llm.n_tokens]
+        if slm.n_tokens > 0 and prompt_ids:
+            held = slm.input_ids[: slm.n_tokens]
             n = min(len(held), len(prompt_ids))
             differ = np.nonzero(held[:n] != np.asarray(prompt_ids[:n], dtype=held.dtype))[0]
             reuse = int(differ[0]) if len(differ) else n
             reuse = min(reuse, len(prompt_ids) - 1)  # re-evaluate at least one: fresh logits
-        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            llm.n_tokens = reuse
+        if reuse > 0 and slm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            slm.n_tokens = reuse
         else:
-            llm.reset()
+            slm.reset()
             reuse = 0
         self.prompt_evaluated = len(prompt_ids) - reuse
-        llm.eval(prompt_ids[reuse:])
+        slm.eval(prompt_ids[reuse:])
 
     def command_start(self) -> int | None:
         """The KV position of the `<call>` token that opened the command just written."""
-        held = self.llm.input_ids[: self.llm.n_tokens]
+        held = self.slm.input_ids[: self.slm.n_tokens]
         where = np.nonzero(held == self.d.call_open_id)[0]
         return int(where[-1]) if len(where) else None
 
     def room(self) -> int:
         """Tokens that still fit in the SLM's context."""
-        return self.llm.n_ctx() - self.llm.n_tokens
+        return self.slm.n_ctx() - self.slm.n_tokens
 
     def release_held(self) -> Iterator[TextPiece]:
         """Before the LLM writes: text held as a possible command is plain SLM text."""
@@ -141,7 +141,7 @@ class Request:
         import llama_cpp
 
         # 1) Check and prefill the prompt; start the cloud's view when text may go out.
-        llm, limits, prompt_text, prompt_ids = self.llm, self.limits, self.prompt_text, self.prompt_ids
+        slm, limits, prompt_text, prompt_ids = self.slm, self.limits, self.prompt_text, self.prompt_ids
         if not prompt_ids:  # (RelayDecoder.request already checked that the prompt fits the context)
             raise ValueError("the prompt is empty")
         if self.link.active:
@@ -150,11 +150,11 @@ class Request:
         self.prefill(prompt_ids)
 
         # 2) Hot-loop locals: this loop runs once per token.
-        vocab, ctx = llm._model.vocab, llm._ctx.ctx
+        vocab, ctx = slm._model.vocab, slm._ctx.ctx
         is_eog, sample = llama_cpp.llama_vocab_is_eog, llama_cpp.llama_sampler_sample
         sampler = make_sampler(self.sampling)
         chain = sampler.sampler
-        router, n_vocab = self.router, llm.n_vocab()
+        router, n_vocab = self.router, slm.n_vocab()
         nudge = self.d.call_nudge if self.link.active else None
         drop = self.d.command_context == "drop"
         token_bytes, decode, feed = self.vocab.token_bytes, self.utf8.decode, self.detector.feed
@@ -176,7 +176,7 @@ class Request:
             if self.slm_tokens + self.llm_tokens >= limits.max_total_tokens:
                 finish = "length"
                 break
-            if llm.n_tokens >= llm.n_ctx():
+            if slm.n_tokens >= slm.n_ctx():
                 finish = "context"
                 break
             token = sample(chain, ctx, -1)
@@ -206,7 +206,7 @@ class Request:
                     yield self.emit(item, "slm")
                 elif command is None:
                     command = item
-            llm.eval([token])
+            slm.eval([token])
             self.slm_tokens += 1
             if view is not None:
                 view.add_slm_token(token, segments, bool(self.detector.pending))

@@ -84,8 +84,8 @@ class RelayDecoder:
         from relayllm.edge.vocab import Vocab
 
         # 1) The SLM and its vocabulary.
-        self.llm = load_slm(slm, n_ctx=n_ctx) if isinstance(slm, (str, Path)) else slm
-        self.vocab = Vocab(self.llm)
+        self.slm = load_slm(slm, n_ctx=n_ctx) if isinstance(slm, (str, Path)) else slm
+        self.vocab = Vocab(self.slm)
         self.cloud = cloud
         # 2) The router (a per-token hook), and relay's calibration on a relay-trained SLM.
         self.command_context = check_command_context(command_context)
@@ -174,8 +174,8 @@ class RelayDecoder:
             link = self._chat_link
         else:
             link = self._link(local)
-        if len(prompt_ids) >= self.llm.n_ctx():
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the SLM's context holds {self.llm.n_ctx()}")
+        if len(prompt_ids) >= self.slm.n_ctx():
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the SLM's context holds {self.slm.n_ctx()}")
         return Request(self, prompt_text, prompt_ids, link=link, router=self.router if router is DEFAULT else router,
                        limits=limits or self.limits, sampling=sampling or self.sampling)
 
@@ -193,14 +193,14 @@ class RelayDecoder:
     def _link(self, local_only: bool):
         from relayllm.edge.link import CloudLink
 
-        return CloudLink(self.cloud, self.llm, deadline_s=self.deadline_s, sync_every_tokens=self.sync_every_tokens,
+        return CloudLink(self.cloud, self.slm, deadline_s=self.deadline_s, sync_every_tokens=self.sync_every_tokens,
                          privacy=self.privacy, local_only=local_only)
 
     def template(self):
         if getattr(self, "_template", None) is None:
             from relayllm.edge.chat import ChatTemplate
 
-            self._template = ChatTemplate.of(self.llm)
+            self._template = ChatTemplate.of(self.slm)
         return self._template
 
     def request_started(self, request) -> None:

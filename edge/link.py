@@ -17,12 +17,12 @@ import threading
 
 
 class CloudLink:
-    def __init__(self, cloud, llm, *, deadline_s: float, sync_every_tokens: int = 0, privacy=None,
+    def __init__(self, cloud, slm, *, deadline_s: float, sync_every_tokens: int = 0, privacy=None,
                  local_only: bool = False):
         from relayllm.edge.privacy import Privacy
 
         self.cloud = cloud
-        self.llm = llm
+        self.slm = slm
         self.deadline_s = deadline_s
         self.sync_every_tokens = sync_every_tokens
         self.privacy = privacy or Privacy()
@@ -46,7 +46,7 @@ class CloudLink:
 
             info = self.cloud.info()
             session = self.cloud.session()
-            same = bool(info.tokenizer_fingerprint) and info.tokenizer_fingerprint == tokenizer_fingerprint(self.llm)
+            same = bool(info.tokenizer_fingerprint) and info.tokenizer_fingerprint == tokenizer_fingerprint(self.slm)
             # with a redactor the cloud gets rewritten text, which token ids cannot carry
             self.token_mode = same and self.privacy.redact is None
             self.session = session

@@ -61,11 +61,11 @@ def quiet_llama(**params):
     printed = io.StringIO()
     with _QUIET_LOCK, contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
         # verbose=True: no file-descriptor swap inside Llama(); its prints land in `printed`
-        llm = Llama(verbose=True, **params)
-    llm.verbose = False  # no timing prints on every call from here on
+        llama = Llama(verbose=True, **params)
+    llama.verbose = False  # no timing prints on every call from here on
     if printed.getvalue():
         log.debug("%s", printed.getvalue().rstrip())
-    return llm
+    return llama
 
 
 def load_slm(path: str | Path, *, n_ctx: int = 2048, **llama_kwargs):

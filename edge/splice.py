@@ -23,11 +23,11 @@ def finish_name(value) -> str:
     return _FINISH_NAMES.get(int(value), "unspecified")
 
 
-def append_tokens(llm, tokens) -> None:
+def append_tokens(slm, tokens) -> None:
     """The splice: evaluates tokens written elsewhere (the cloud) on top of the SLM's
     context, as one batch (llama.cpp splits it by n_batch). The prefix is not touched."""
     if tokens:
-        llm.eval(list(tokens))
+        slm.eval(list(tokens))
 
 
 class CloudView:
@@ -146,10 +146,10 @@ def call_and_splice(req, requested: int, trigger: str, drop_from: int | None = N
     # 3) The splice: only the new tokens are evaluated, on top of the kept KV cache.
     if not token_mode:
         ids = req.vocab.text("".join(texts)) if texts else []
-    if drop_from is not None and drops_command(req.d.command_context, len(ids)) and req.llm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
-        req.llm.n_tokens = drop_from
+    if drop_from is not None and drops_command(req.d.command_context, len(ids)) and req.slm._ctx.kv_cache_seq_rm(-1, drop_from, -1):
+        req.slm.n_tokens = drop_from
     ids = ids[: max(0, req.room() - 1)]
-    append_tokens(req.llm, ids)
+    append_tokens(req.slm, ids)
     req.llm_tokens += len(ids)
     req.link.spent(len(ids), "".join(texts))
     req.view.add_llm(ids, texts)

@@ -1,6 +1,6 @@
 """The SLM's vocabulary seen from the decoder: token ids to bytes, end-of-generation, tokenizing.
 
-`Vocab(llm)` wraps a llama_cpp.Llama. Text that a person or the cloud wrote is tokenized
+`Vocab(llama)` wraps a llama_cpp.Llama. Text that a person or the cloud wrote is tokenized
 with `special=False`: a pasted `<|im_start|>` stays text and never becomes a control token.
 Only the chat template's own markers are tokenized as special tokens (edge/chat.py).
 """
@@ -11,8 +11,8 @@ import ctypes
 
 
 class Vocab:
-    def __init__(self, llm):
-        self.llm = llm
+    def __init__(self, llama):
+        self.llama = llama
         self._pieces: dict[int, bytes] = {}  # token id -> its bytes (special tokens as b"")
 
     def token_bytes(self, token: int) -> bytes:
@@ -21,7 +21,7 @@ class Vocab:
         if piece is None:
             import llama_cpp
 
-            vocab = self.llm._model.vocab
+            vocab = self.llama._model.vocab
             size = 32
             while True:
                 buf = ctypes.create_string_buffer(size)
@@ -37,17 +37,17 @@ class Vocab:
         """True for end-of-generation tokens (EOS, <|im_end|>, <end_of_turn>...)."""
         import llama_cpp
 
-        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+        return bool(llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token))
 
     def text(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Tokens of text written by a person or the cloud: never control tokens."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False) if text else []
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False) if text else []
 
     def markup(self, text: str, *, add_bos: bool = False) -> list[int]:
         """Tokens of text the project itself wrote (a chat template's markers, a relay
         command): special tokens are parsed."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True) if text else []
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True) if text else []
 
     def special_text(self, token: int) -> str:
         """The text of a special token (BOS, EOS), '' for none."""
-        return self.llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+        return self.llama.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""

@@ -44,7 +44,7 @@ def edge_answer(pair, command_context: str):
                                limits=Limits(max_total_tokens=16, max_calls=2), n_ctx=64,
                                command_context=command_context)
         result = decoder.generate(rm.PROMPT)
-        context = [int(t) for t in decoder.llm.input_ids[: decoder.llm.n_tokens]]
+        context = [int(t) for t in decoder.slm.input_ids[: decoder.slm.n_tokens]]
         return result, context
     finally:
         client.close()

@@ -49,26 +49,26 @@ def _run_from_stamps(engine: str, start: float, first: float, end: float, tokens
                      end - start)
 
 
-def raw_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
+def raw_decode(llama, prompt: str, max_tokens: int) -> DecodeRun:
     """llama-cpp-python's own streaming `create_completion`, greedy."""
-    llm.reset()  # no prompt-cache hit: both engines prefill the whole prompt
+    llama.reset()  # no prompt-cache hit: both engines prefill the whole prompt
     start = time.perf_counter()
     first = None
-    for _chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
+    for _chunk in llama.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
         if first is None:
             first = time.perf_counter()
     end = time.perf_counter()
-    prompt_tokens = len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
-    return _run_from_stamps("llama.cpp", start, first or end, end, llm.n_tokens - prompt_tokens + 1)
+    prompt_tokens = len(llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+    return _run_from_stamps("llama.cpp", start, first or end, end, llama.n_tokens - prompt_tokens + 1)
 
 
-def sdk_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
+def sdk_decode(llama, prompt: str, max_tokens: int) -> DecodeRun:
     """The edge SDK (RelayDecoder, offline: no call can happen), greedy, event stream."""
     from relayllm.edge.events import TextPiece
     from relayllm.edge import Limits, RelayDecoder, Sampling
 
-    llm.reset()
-    decoder = RelayDecoder(llm, cloud=None, limits=Limits(max_tokens=max_tokens), sampling=Sampling(temperature=0.0))
+    llama.reset()
+    decoder = RelayDecoder(llama, cloud=None, limits=Limits(max_tokens=max_tokens), sampling=Sampling(temperature=0.0))
     start = time.perf_counter()
     first = None
     result = None
@@ -80,15 +80,15 @@ def sdk_decode(llm, prompt: str, max_tokens: int) -> DecodeRun:
     return _run_from_stamps("sdk", start, first or end, end, int(getattr(result, "slm_tokens", 0)))
 
 
-def paired_decode(llm, prompt: str, max_tokens: int, rounds: int) -> dict:
+def paired_decode(llama, prompt: str, max_tokens: int, rounds: int) -> dict:
     """SDK vs llama.cpp, alternating, `rounds` pairs; ratios per pair, then the median."""
     import_error = None
     pairs = []
-    raw_decode(llm, prompt, 8)  # warm the pages of the weights before timing anything
+    raw_decode(llama, prompt, 8)  # warm the pages of the weights before timing anything
     for _ in range(rounds):
-        raw = raw_decode(llm, prompt, max_tokens)
+        raw = raw_decode(llama, prompt, max_tokens)
         try:
-            sdk = sdk_decode(llm, prompt, max_tokens)
+            sdk = sdk_decode(llama, prompt, max_tokens)
         except ImportError as exc:  # the SDK is not there yet: report the baseline alone
             import_error = str(exc)
             sdk = None
@@ -120,22 +120,22 @@ def _median_run(runs: list[DecodeRun]) -> dict:
 
 # --- command detection and events: per-token bookkeeping of the SDK ------------------------
 
-def _decoded_pieces(llm, prompt: str, max_tokens: int) -> tuple[list[str], float]:
+def _decoded_pieces(llama, prompt: str, max_tokens: int) -> tuple[list[str], float]:
     """The text pieces of a greedy decode, and the decode time per token (llama.cpp)."""
-    llm.reset()
+    llama.reset()
     pieces, stamps = [], []
-    for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
+    for chunk in llama.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True):
         pieces.append(chunk["choices"][0]["text"])
         stamps.append(time.perf_counter())
     per_token = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
     return pieces, per_token
 
 
-def detection_cost(llm, prompt: str, max_tokens: int, repeats: int = 200) -> dict:
+def detection_cost(llama, prompt: str, max_tokens: int, repeats: int = 200) -> dict:
     """Microseconds per token that the SDK's command detector and event objects add, fed
     the pieces of a real decode (with a command spliced in, so the detector's slow path
     runs too), against the microseconds llama.cpp spends decoding a token."""
-    pieces, decode_s = _decoded_pieces(llm, prompt, max_tokens)
+    pieces, decode_s = _decoded_pieces(llama, prompt, max_tokens)
     half = len(pieces) // 2
     pieces = pieces[:half] + ["<", "call", ">", "1", "6", "</", "call", ">"] + pieces[half:]
     out = {"tokens": len(pieces), "decode_us_per_token": decode_s * 1e6}
@@ -179,7 +179,7 @@ CLOUD_TEXT = (
 )
 
 
-def splice_cost(llm, sizes: list[int], rounds: int, written_tokens: int = 64) -> dict:
+def splice_cost(llama, sizes: list[int], rounds: int, written_tokens: int = 64) -> dict:
     """Time to take N tokens written by the cloud into the SLM's context, after a prompt and
     `written_tokens` tokens the SLM wrote itself:
     - sdk_s: the SDK's splice (edge/splice.py append_tokens): only the N new tokens are
@@ -189,8 +189,8 @@ def splice_cost(llm, sizes: list[int], rounds: int, written_tokens: int = 64) ->
       empty cache. Alternating, same Llama object, median of `rounds`."""
     from relayllm.edge.splice import append_tokens
 
-    prompt = llm.tokenize(PROMPT.encode("utf-8"), add_bos=True, special=False)
-    story = llm.tokenize((CLOUD_TEXT * 8).encode("utf-8"), add_bos=False, special=False)
+    prompt = llama.tokenize(PROMPT.encode("utf-8"), add_bos=True, special=False)
+    story = llama.tokenize((CLOUD_TEXT * 8).encode("utf-8"), add_bos=False, special=False)
     prefix = prompt + story[:written_tokens]
     cloud = story[written_tokens:]
     out = {"prompt_tokens": len(prompt), "written_tokens": written_tokens, "prefix_tokens": len(prefix),
@@ -199,14 +199,14 @@ def splice_cost(llm, sizes: list[int], rounds: int, written_tokens: int = 64) ->
         tokens = cloud[:n]
         spliced, again = [], []
         for _ in range(rounds):
-            llm.reset()
-            llm.eval(prefix)  # the KV the SLM holds when the cloud's tokens arrive
+            llama.reset()
+            llama.eval(prefix)  # the KV the SLM holds when the cloud's tokens arrive
             start = time.perf_counter()
-            append_tokens(llm, tokens)
+            append_tokens(llama, tokens)
             spliced.append(time.perf_counter() - start)
-            llm.reset()
+            llama.reset()
             start = time.perf_counter()
-            llm.eval(prefix + tokens)
+            llama.eval(prefix + tokens)
             again.append(time.perf_counter() - start)
         out["by_tokens"][str(n)] = {"sdk_s": statistics.median(spliced), "reeval_s": statistics.median(again),
                                     "evaluated_sdk": len(tokens), "evaluated_reeval": len(prefix) + len(tokens)}
@@ -270,7 +270,7 @@ def relay_sync_latency(cfg: dict) -> dict:
     calls, interval, n = cfg["edge_sync_calls"], cfg.get("edge_sync_interval", 48), cfg["call_tokens"]
     sync_every = cfg.get("sync_every_tokens", 8)
     max_tokens = calls * (interval + n) + interval
-    llm = open_llama(cfg["slm"], n_threads=1)
+    llama = open_llama(cfg["slm"], n_threads=1)
     latencies: dict[str, list[float]] = {"with": [], "without": []}
     prefilled: dict[str, list[int]] = {"with": [], "without": []}
     with ServerThread(LlamaCppBackend(str(cfg["llm"]), n_ctx=cfg["n_ctx"], max_sessions=4)) as server:
@@ -279,8 +279,8 @@ def relay_sync_latency(cfg: dict) -> dict:
             for _ in range(cfg.get("edge_sync_rounds", 2)):
                 for mode in ("without", "with"):
                     extra = {"sync_every_tokens": sync_every} if mode == "with" else {}
-                    llm.reset()
-                    decoder = RelayDecoder(llm, cloud=client, router=EveryKRouter(interval, n, calls),
+                    llama.reset()
+                    decoder = RelayDecoder(llama, cloud=client, router=EveryKRouter(interval, n, calls),
                                            limits=Limits(max_calls=calls, max_total_tokens=max_tokens),
                                            sampling=Sampling(temperature=0.0), **extra)
                     for event in decoder.stream(PROMPT):
@@ -322,10 +322,10 @@ def device_probe(path: str, engine: str, max_tokens: int) -> dict:
         import relayllm.edge.decoder, relayllm.edge.decode_loop  # noqa: F401, E401
     rss_imported = _current_rss_mib()
     t1 = time.perf_counter()
-    llm = open_llama(path)
+    llama = open_llama(path)
     load_s = time.perf_counter() - t1
     rss_loaded = _current_rss_mib()
-    run = (sdk_decode if engine == "sdk" else raw_decode)(llm, PROMPT, max_tokens)
+    run = (sdk_decode if engine == "sdk" else raw_decode)(llama, PROMPT, max_tokens)
     return {
         "engine": engine,
         "model_file_mib": os.path.getsize(path) / 2**20,

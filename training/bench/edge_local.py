@@ -69,7 +69,7 @@ def _sdk_round(decoder, max_tokens: int) -> dict:
     from relayllm.edge import Limits
     from relayllm.edge.events import Result, TextPiece
 
-    decoder.llm.reset()  # both sides prefill the whole prompt
+    decoder.slm.reset()  # both sides prefill the whole prompt
     start, stamps, result = time.perf_counter(), [], None
     for event in decoder.stream(PROMPT, local_only=True, limits=Limits(max_tokens=max_tokens)):
         if isinstance(event, TextPiece):
@@ -80,7 +80,7 @@ def _sdk_round(decoder, max_tokens: int) -> dict:
 
 
 def _endpoint_round(client, url: str, decoder, max_tokens: int) -> dict:
-    decoder.llm.reset()
+    decoder.slm.reset()
     start, stamps, usage = time.perf_counter(), [], None
     with client.stream("POST", url + "/completions", json={"prompt": PROMPT, "max_tokens": max_tokens,
                                                            "stream": True, "temperature": 0}) as reply:
@@ -146,16 +146,16 @@ def turn_two(path: str | Path, max_tokens: int, rounds: int, n_threads: int | No
                            sampling=Sampling(temperature=0.0))
 
     def kept():
-        decoder.llm.reset()
+        decoder.slm.reset()
         talk = Conversation(decoder, system=SYSTEM)
         one = talk.say(TURNS[0])  # turn one: untimed, leaves its KV
-        held = {"turn_one_prompt_tokens": one.prompt_tokens, "turn_one_kv_tokens": decoder.llm.n_tokens}
+        held = {"turn_one_prompt_tokens": one.prompt_tokens, "turn_one_kv_tokens": decoder.slm.n_tokens}
         start = time.perf_counter()
         result = _in_fresh_thread(lambda: talk.say(TURNS[1]))
         return result, time.perf_counter() - start, talk.messages[:-1], held
 
     def reeval(messages):
-        decoder.llm.reset()
+        decoder.slm.reset()
         start = time.perf_counter()
         result = _in_fresh_thread(lambda: decoder.chat(messages))
         return result, time.perf_counter() - start
