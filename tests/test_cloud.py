@@ -304,7 +304,7 @@ def test_health_and_reflection(cloud):
 
 def test_info(client, backend):
     info = client.info()
-    assert info.backend == "llama.cpp" and info.tokenizer_fingerprint == backend.fingerprint
+    assert info.backend == "llama.cpp-contexts" and info.tokenizer_fingerprint == backend.fingerprint
     assert info.max_tokens_per_call == 32 and info.max_sessions == 4
 
 
@@ -390,7 +390,7 @@ def test_serve_cli_listens_answers_and_stops_on_ctrl_c(smollm2_path, tmp_path):
         from relayllm.edge.client import CloudClient
 
         with CloudClient(target, token="secret", deadline_s=30) as client:
-            assert client.info().backend == "llama.cpp"
+            assert client.info().backend == "llama.cpp-batched"
             assert "".join(p.text for p in client.session().help(text=PROMPT, max_tokens=2)).startswith(" Paris")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0

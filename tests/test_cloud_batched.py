@@ -1,13 +1,18 @@
-"""The batched llama.cpp backend (issue 12): sessions share one model and one KV cache, one
-sequence each, and are decoded together in one batch per step.
+"""The batched llama.cpp backend (issues 12, 20): sessions share one model and one unified KV
+cache, one sequence each, and every session with a token to decode is in one forward pass.
 
 Greedy output of sessions decoded together equals each session decoded alone (the
-context-per-session backend, one call at a time), deltas still prefill only what is new,
-and the engine really batched (fewer decode steps than tokens).
+context-per-session backend, one call at a time), deltas still prefill only what is new; a
+step holds every ready session in one forward pass (passes counted by llama.cpp's graph
+callback, tokens by its perf counters; with kv_unified off the same steps take several passes);
+a long prefill is spread over bounded steps that each carry a decoding session's token.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -67,3 +72,128 @@ def test_an_evicted_sequence_is_reused_without_its_old_cells(batched):
         for i in range(batched.sessions.capacity + 2):  # every sequence id changes hands
             list(client.session().help(text=f"Session number {i} says", max_tokens=3))
         assert "".join(p.text for p in client.session().help(text="The sky is", max_tokens=8)) == reference
+
+
+def _generate(backend, key, tokens, max_new_tokens, *, stop=lambda: None, emit=lambda t: None):
+    from relayllm.cloud.backends.base import SamplingParams
+    from relayllm.cloud.sessions import Session
+
+    return backend.generate(Session(key=("", key)), tokens, max_new_tokens=max_new_tokens, sampling=SamplingParams(),
+                            should_stop=stop, emit=emit)
+
+
+def test_a_step_holds_every_ready_session_in_one_forward_pass(smollm2_path):
+    """8 sessions decoding at once: (gather) most decode steps hold all 8, (unified KV) each in
+    one forward pass, counted by llama.cpp's graph callback; llama.cpp's perf counters saw
+    the tokens the engine batched."""
+    import llama_cpp
+
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+
+    n = 8
+    backend = BatchedLlamaCppBackend(str(smollm2_path), n_ctx=256, max_sessions=n, n_threads=1, count_passes=True)
+    try:
+        prompts = [backend.tokenize(p.encode()) for p in PROMPTS + ["The moon is", "In 1492,"]]
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda i: _generate(backend, f"s{i}", prompts[i], 12), range(n)))
+        engine = backend.engine
+        history = list(engine.history)
+        llama_cpp.llama_synchronize(engine.ctx.ctx)  # the counters follow a decode once it is synchronized
+        perf = llama_cpp.llama_perf_context(engine.ctx.ctx)
+    finally:
+        backend.close()
+    single = sum(1 for r in history if len(r.decode_seqs) + r.prefill_tokens == 1)  # 1-token decodes
+    assert perf.n_p_eval == engine.batched_tokens - single and perf.n_eval == max(1, single)
+    decode_steps = [r for r in history if not r.prefill_tokens]
+    full = [r for r in decode_steps if len(r.decode_seqs) == n]
+    assert len(full) >= 8 and len(full) >= 0.6 * len(decode_steps), [len(r.decode_seqs) for r in decode_steps]
+    assert [r.passes for r in full] == [1] * len(full)
+    assert all(r.passes == 1 for r in history if r.prefill_tokens + len(r.decode_seqs) <= 256)  # n_ubatch 256
+
+
+@pytest.mark.parametrize("kv_unified", [True, False])
+def test_a_batch_of_sequences_out_of_order_is_one_pass_only_with_a_unified_kv(smollm2_path, kv_unified):
+    """The same step - 8 sequences, one token each, ids in decreasing order as calls happen to
+    arrive - is one forward pass with the unified KV cache; with one KV stream per sequence
+    llama.cpp cuts it wherever ids are not consecutive and increasing: a pass per sequence."""
+    from relayllm.cloud.backends.base import SamplingParams
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend, _Step
+
+    n = 8
+    backend = BatchedLlamaCppBackend(str(smollm2_path), n_ctx=128, max_sessions=n, n_threads=1,
+                                     kv_unified=kv_unified, count_passes=True)
+    engine = backend.engine
+    try:
+        prompt = backend.tokenize(b"The capital of France is")
+        for seq in range(n):
+            engine.run(_Step(seq, prompt, 0, None, None))
+        steps = [_Step(seq, [prompt[-1]], len(prompt), None, backend.file.sampler(SamplingParams(), backend.n_vocab))
+                 for seq in reversed(range(n))]
+        with engine._cond:  # hand them in at once, as one step
+            engine._pending.extend(steps)
+            engine._cond.notify()
+        for step in steps:
+            assert step.done.wait(60) and step.error is None
+        last = engine.history[-1]
+    finally:
+        backend.close()
+    assert last.decode_seqs == tuple(reversed(range(n)))
+    assert len({step.token for step in steps}) == 1  # the same prompt everywhere: the same next token
+    assert last.passes == (1 if kv_unified else n), last
+
+
+def test_a_long_prefill_does_not_starve_a_decoding_session(smollm2_path):
+    """Bound: while another session prefills 512 tokens, every step carries the decoding
+    session's token (but for a few missed gathers) and at most prefill_chunk prompt tokens
+    (ceil(512 / chunk) steps), so the decoding session's longest gap between two tokens stays
+    under a quarter of the whole prefill's time (one step of all 512, as before, is all of it).
+    512, not more: on this CPU prefill costs about what decode does per token (~60 tok/s on
+    one thread), so 1,500 tokens would take half a minute."""
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+
+    chunk = 32
+    backend = BatchedLlamaCppBackend(str(smollm2_path), n_ctx=2048, max_sessions=2, n_threads=1, prefill_chunk=chunk)
+    try:
+        counting = backend.tokenize(b"1, 2, 3, 4, 5, 6, 7, 8, 9, 10,")
+        long_prompt = (backend.tokenize(b"The quick brown fox jumps over the lazy dog. " * 200))[:512]
+        stamps: list[float] = []
+        started, finished = threading.Event(), threading.Event()
+        window: list[float] = []
+
+        def on_token(_):
+            stamps.append(time.perf_counter())
+            if len(stamps) == 5:
+                started.set()
+
+        def long_call():
+            started.wait(60)
+            window.append(time.perf_counter())
+            _generate(backend, "long", long_prompt, 1)
+            window.append(time.perf_counter())
+            finished.set()
+
+        helper = threading.Thread(target=long_call)
+        helper.start()
+        stop_after = []
+        finish, generated, _ = _generate(
+            backend, "decoding", counting, 600, emit=on_token,
+            stop=lambda: "cancelled" if finished.is_set() and (stop_after.append(1) or len(stop_after) > 3) else None)
+        helper.join(60)
+        history = list(backend.engine.history)
+    finally:
+        backend.close()
+    assert finish == "cancelled", (finish, len(generated))  # still decoding when the long prefill ended
+    decoding_seq, long_seq = history[0].prefill_seqs[0], None
+    prefill_steps = [r for r in history if r.prefill_tokens and decoding_seq not in r.prefill_seqs]
+    long_seq = prefill_steps[0].prefill_seqs[0]
+    assert sum(r.prefill_tokens for r in prefill_steps) == 512
+    assert len(prefill_steps) == math.ceil(512 / chunk)
+    for r in prefill_steps:
+        assert r.prefill_seqs == (long_seq,) and r.prefill_tokens <= chunk and r.decode_seqs in ((), (decoding_seq,))
+    # the decoding session's token is in the step unless its thread missed the gather window
+    # (a busy CPU); never more than a few times
+    missed = [i for i, r in enumerate(prefill_steps) if not r.decode_seqs]
+    assert len(missed) <= 3, (missed, [(r.decode_seqs, round(r.seconds, 3)) for r in prefill_steps])
+    gaps = [b - a for a, b in zip(stamps, stamps[1:]) if a >= window[0] and b <= window[1]]
+    assert len(gaps) >= len(prefill_steps) - 2
+    assert max(gaps) < 0.25 * (window[1] - window[0]), (max(gaps), window[1] - window[0])

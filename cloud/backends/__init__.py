@@ -4,9 +4,9 @@ torch loads only when the transformers backend is asked for).
     from relayllm.cloud.backends import backend_class
     LlamaCpp = backend_class("llama.cpp")
 
-Names: "llama.cpp" (backends/llamacpp_batched.py: sessions decoded together in one batch),
-"llama.cpp-contexts" (backends/llamacpp.py: a llama.cpp context per session, one at a time,
-keeping a session's last logits across a Sync), "transformers" (backends/hf.py: a KV cache per
+Names: "llama.cpp" or "llama.cpp-batched" (backends/llamacpp_batched.py: every session with a
+token to decode in one forward pass per step; Info reports "llama.cpp-batched"),
+"llama.cpp-contexts" (backends/llamacpp.py: a llama.cpp context per session, keeping a session's last logits across a Sync), "transformers" (backends/hf.py: a KV cache per
 session, forward passes under one lock), "transformers-batched" (backends/hf_batched.py:
 transformers' continuous batching manager),
 "openai-gateway" (backends/openai_gateway.py: a gateway to vLLM, SGLang, llama-server).
@@ -19,6 +19,7 @@ import importlib
 
 _BACKENDS = {
     "llama.cpp": ("relayllm.cloud.backends.llamacpp_batched", "BatchedLlamaCppBackend"),
+    "llama.cpp-batched": ("relayllm.cloud.backends.llamacpp_batched", "BatchedLlamaCppBackend"),
     "llama.cpp-contexts": ("relayllm.cloud.backends.llamacpp", "LlamaCppBackend"),
     "transformers": ("relayllm.cloud.backends.hf", "TransformersBackend"),
     "transformers-batched": ("relayllm.cloud.backends.hf_batched", "BatchedTransformersBackend"),

@@ -10,7 +10,9 @@ recycled when a session is evicted.
 No stdout/stderr swap: llama.cpp's log lines go to Python logging (backends/llama_logs.py).
 Not here: batching sessions into one forward pass (backends/llamacpp_batched.py, the
 default "llama.cpp" backend). This one keeps each session's last logits, so a Help right
-after a Sync evaluates nothing; its sessions take turns on the CPU.
+after a Sync evaluates nothing. Nothing serializes its sessions: each call decodes in its own
+context at once, with n_threads threads each, so k sessions at once run k x n_threads threads
+(on few cores they contend; the batched backend is the one for many sessions).
 """
 
 from __future__ import annotations
@@ -24,6 +26,23 @@ from relayllm.cloud.backends.base import Backend, SamplingParams
 from relayllm.cloud.backends.llama_logs import route_llama_logs
 from relayllm.cloud.sessions import Session, SessionCache
 from relayllm.protos.fingerprint import fingerprint_of_pieces, token_piece
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once): llama.cpp's compute
+    threads spin on barriers, so a thread per logical core only adds contention."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
 
 
 class LlamaModelFile:
@@ -48,11 +67,19 @@ class LlamaModelFile:
         self._pieces: dict[int, bytes] = {}
         self.fingerprint = fingerprint_of_pieces(token_piece(self.vocab, i) for i in range(self.n_vocab))
 
-    def context(self, *, n_ctx: int, n_batch: int, n_threads: int, n_seq_max: int = 1):
+    def context(self, *, n_ctx: int, n_batch: int, n_threads: int, n_seq_max: int = 1, kv_unified: bool = False,
+                eval_callback=None):
+        """A llama.cpp context. kv_unified: one KV stream for all sequences, so a batch of many
+        sequences is one forward pass (without it llama.cpp splits it by sequence); eval_callback:
+        a llama_cpp.ggml_backend_sched_eval_callback called for every graph node (kept alive by
+        the caller)."""
         params = self.llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
         params.n_threads = params.n_threads_batch = n_threads
         params.n_seq_max = n_seq_max
+        params.kv_unified = kv_unified
+        if eval_callback is not None:
+            params.cb_eval = eval_callback
         return self.internals.LlamaContext(model=self.model, params=params, verbose=True)
 
     def tokenize(self, text: bytes) -> list[int]:
@@ -113,13 +140,13 @@ class _Slot:
 
 
 class LlamaCppBackend(GgufTokenizer, Backend):
-    name = "llama.cpp"
+    name = "llama.cpp-contexts"
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None):
         self.file = LlamaModelFile(gguf_path)
         self.n_ctx = n_ctx
         self._n_batch = min(n_ctx, 512)
-        self._n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self._n_threads = n_threads or physical_cores()
         self.n_vocab = self.file.n_vocab
         self.model_name = self.file.path.name
         self.fingerprint = self.file.fingerprint

@@ -1,33 +1,54 @@
-"""The batched llama.cpp backend: one model, one llama.cpp context, every session a sequence
-of a shared KV cache, all sessions' next steps decoded together in one batch.
+"""The batched llama.cpp backend ("llama.cpp-batched", the default for a GGUF): one model, one
+llama.cpp context, every session a sequence of one shared, unified KV cache, and every session
+that has a token to decode decoded in the same forward pass.
 
 A session owns a sequence id (`Session.state`); its KV cells hold exactly Session.kv_tokens,
 so a later call still evaluates only its delta (the prefill step of backends/base.py). Calls
 do not touch llama.cpp themselves: each step of a call (its delta, or the token it just
-sampled) goes to the BatchEngine, whose one thread
+sampled) goes to the BatchEngine, whose one thread forms and runs the steps:
 
-1. applies truncations (llama_memory_seq_rm) of the sessions in the step,
-2. fills one llama_batch: every waiting decode token first, then prefill chunks, up to
-   n_batch tokens, taking sessions round-robin so a long prefill never stalls the others,
-3. runs llama_decode once for all of them,
-4. samples the next token of each session whose step is complete, with its own sampler
+1. gather: when the sessions of the last step are about to hand in their next token, wait
+   for them (at most `gather_s` after the last one arrived, 2 ms by default: the Python work
+   between two tokens of a call - emit, should_stop, queueing - takes tens of microseconds per
+   session, a step of a 135M model on 2 cores takes 8 ms or more; without the window a step
+   starts with the first session back and the rest fall into the next step, cohorts that
+   alternate and halve the batch);
+2. applies truncations (llama_memory_seq_rm) of the sessions in the step;
+3. fills one llama_batch: every waiting decode token first, then prefill tokens oldest call
+   first, at most `prefill_chunk` (32) of them while any session is decoding (all of n_batch
+   when none is), so a long prompt is spread over steps that each still carry every decode
+   token;
+4. runs llama_decode once. The KV cache is unified (kv_unified): llama.cpp then cuts a batch
+   into micro-batches (forward passes) by n_ubatch tokens only; with one KV stream per
+   sequence it would cut it wherever the sequence ids are not consecutive and increasing,
+   a full pass over the weights for each piece;
+5. samples the next token of each session whose step is complete, with its own sampler
    chain, from its row of the batch's logits, and wakes its call.
 
 Logits do not outlive a step (the next batch overwrites them), so a session's last token is
 evaluated again when a call continues a session without a delta (after a Sync: one token).
-Not here: which sessions stay cached (cloud/sessions.py).
+Threads: the physical cores by default (llama.cpp's threads spin; one per logical core, or
+several engines side by side, only contend). Not here: which sessions stay cached
+(cloud/sessions.py).
 """
 
 from __future__ import annotations
 
-import os
 import threading
+import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage, timed
-from relayllm.cloud.backends.llamacpp import GgufTokenizer, LlamaModelFile
+from relayllm.cloud.backends.llamacpp import GgufTokenizer, LlamaModelFile, physical_cores
 from relayllm.cloud.sessions import Session, SessionCache
+
+GATHER_S = 0.002  # step 1 of the module docstring
+PREFILL_CHUNK = 32  # step 3: prefill tokens per step while sessions decode (on a CPU a prompt token
+#                     costs about what a decode token does: 32 of them make a step of one decoding
+#                     session ~30x longer, of 64 sessions ~1.5x)
+PASS_MARKER = b"attn_norm-0"  # a graph node computed once per forward pass (llama, qwen2 graphs)
 
 
 class _Step:
@@ -41,22 +62,65 @@ class _Step:
         self.done = threading.Event()
 
 
-class BatchEngine:
-    """The one thread that owns the llama.cpp context (see the module docstring)."""
+@dataclass(frozen=True)
+class StepRecord:
+    """What one engine step held and cost (BatchEngine.history)."""
 
-    def __init__(self, file: LlamaModelFile, *, n_seq: int, n_ctx_per_seq: int, n_batch: int, n_threads: int):
+    decode_seqs: tuple  # sequences that decoded one token in this step
+    prefill_tokens: int  # prompt tokens evaluated in this step, all sessions
+    prefill_seqs: tuple  # sequences whose prompt was (partly) evaluated
+    seconds: float  # llama_decode and sampling
+    passes: int | None  # forward passes llama.cpp ran for it (count_passes), else None
+
+
+class BatchEngine:
+    """The one thread that owns the llama.cpp context (see the module docstring).
+
+    count_passes: count llama.cpp's forward passes (micro-batches) with its graph eval
+    callback (`passes`, and per step in `history`); it calls into Python for every graph node,
+    a millisecond or more per pass, so it is for tests and probes, not for serving."""
+
+    def __init__(self, file: LlamaModelFile, *, n_seq: int, n_ctx_per_seq: int, n_batch: int, n_threads: int,
+                 gather_s: float = GATHER_S, prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True,
+                 count_passes: bool = False, history: int = 4096):
+        if gather_s < 0 or prefill_chunk < 1:
+            raise ValueError(f"gather_s must be >= 0 and prefill_chunk >= 1, got {gather_s!r}, {prefill_chunk!r}")
         self.file = file
-        self.n_batch = n_batch
-        self.ctx = file.context(n_ctx=n_ctx_per_seq * n_seq, n_batch=n_batch, n_threads=n_threads, n_seq_max=n_seq)
+        self.n_batch, self.gather_s, self.prefill_chunk = n_batch, gather_s, prefill_chunk
+        self.n_threads, self.kv_unified = n_threads, kv_unified
+        self.passes = 0
+        self._callback = self._pass_counter() if count_passes else None
+        self.ctx = file.context(n_ctx=n_ctx_per_seq * n_seq, n_batch=n_batch, n_threads=n_threads, n_seq_max=n_seq,
+                                kv_unified=kv_unified, eval_callback=self._callback)
         self.batch = file.internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=True)
         self._pending: deque[_Step] = deque()
+        self._awaited: set[int] = set()  # sequences of the last step that will hand in another token
+        self._arrivals = 0
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # llama_decode calls
         self.batched_tokens = 0  # tokens they evaluated
+        self.decode_tokens = self.prefill_tokens = 0
+        self.step_s = self.prefill_step_s = 0.0  # seconds in all steps; in those that carried prefill
+        self.history: deque[StepRecord] = deque(maxlen=history)
         self._thread = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
         self._thread.start()
 
+    def _pass_counter(self):
+        from llama_cpp import _ggml
+
+        get_name = _ggml.libggml.ggml_get_name
+        get_name.argtypes, get_name.restype = [self.file.llama_cpp.ctypes.c_void_p], self.file.llama_cpp.ctypes.c_char_p
+
+        @self.file.llama_cpp.ggml_backend_sched_eval_callback
+        def on_node(tensor, ask, user_data):
+            if ask and get_name(tensor) == PASS_MARKER:
+                self.passes += 1
+            return False  # never ask for data: the graph is computed in one go
+
+        return on_node
+
+    # -- what calls do -----------------------------------------------------------------------
     def run(self, step: _Step) -> int | None:
         """Queue a step and wait for it; returns the sampled token (None when not sampling)."""
         if not step.tokens:
@@ -65,32 +129,53 @@ class BatchEngine:
             if self._closed:
                 raise RuntimeError("the batch engine is closed")
             self._pending.append(step)
+            self._awaited.discard(step.seq)
+            self._arrivals += 1
             self._cond.notify()
         step.done.wait()
         if step.error is not None:
             raise step.error
         return step.token
 
+    def leave(self, seq: int) -> None:
+        """The call on `seq` hands in no further step (it stopped): the gather stops waiting for it."""
+        with self._cond:
+            if seq in self._awaited:
+                self._awaited.discard(seq)
+                self._cond.notify()
+
+    # -- the engine thread -----------------------------------------------------------------
+    def _gather(self) -> None:
+        """Step 1: wait (holding the condition) while sessions of the last step are still
+        handing in their next token, at most gather_s after the last arrival."""
+        if not self._awaited or self.gather_s <= 0:
+            return
+        arrivals, quiet_until = self._arrivals, time.monotonic() + self.gather_s
+        while self._awaited and not self._closed:
+            left = quiet_until - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+            if self._arrivals != arrivals:
+                arrivals, quiet_until = self._arrivals, time.monotonic() + self.gather_s
+
     def _take(self) -> list[tuple[_Step, int]]:
-        """This step's batch: (step, tokens of it to evaluate now), decode tokens first, then
-        prefill chunks in equal shares, within n_batch tokens. Partly taken steps stay queued."""
+        """Step 3's choice: (step, tokens of it to evaluate now), every decode token first, then
+        prefill oldest first within its budget. Partly taken steps stay queued."""
         budget = self.n_batch
         counts: dict[_Step, int] = {}  # in batch order
-        for step in self._pending:  # 1) every decoding session: one token each
+        for step in self._pending:  # every decoding session: one token each
             if budget and len(step.tokens) == 1:
                 counts[step] = 1
                 budget -= 1
-        prefills = [s for s in self._pending if len(s.tokens) > 1]
-        while budget and prefills:  # 2) prefills, round-robin
-            share = max(1, budget // len(prefills))
-            for step in list(prefills):
-                n = min(share, len(step.tokens) - counts.get(step, 0), budget)
-                counts[step] = counts.get(step, 0) + n
+        if counts or self._awaited:  # sessions are decoding: a bounded chunk of prefill
+            budget = min(budget, self.prefill_chunk)
+        for step in self._pending:
+            if not budget:
+                break
+            if len(step.tokens) > 1:
+                counts[step] = n = min(budget, len(step.tokens))
                 budget -= n
-                if counts[step] == len(step.tokens):
-                    prefills.remove(step)
-                if not budget:
-                    break
         return list(counts.items())
 
     def _loop(self) -> None:
@@ -99,10 +184,13 @@ class BatchEngine:
             with self._cond:
                 while not self._pending and not self._closed:
                     self._cond.wait()
+                if not self._closed:
+                    self._gather()
                 if self._closed:
                     failed, self._pending = list(self._pending), deque()
                     break
                 taken = self._take()
+            started, passes = time.perf_counter(), self.passes
             batch = self.batch.batch
             batch.n_tokens = 0
             finishing: list[tuple[_Step, int]] = []
@@ -121,8 +209,6 @@ class BatchEngine:
                     if last:
                         finishing.append((step, batch.n_tokens - 1))
                 self.ctx.decode(self.batch)
-                self.steps += 1
-                self.batched_tokens += batch.n_tokens
                 for step, index in finishing:
                     if step.sampler is not None:
                         step.token = step.sampler.sample(self.ctx, index)
@@ -130,6 +216,7 @@ class BatchEngine:
                 for step, _ in taken:
                     step.error = err
                 finishing = [(s, 0) for s, _ in taken]
+            self._record(taken, time.perf_counter() - started, passes)
             with self._cond:
                 for step, count in taken:
                     if step.error is None and not any(s is step for s, _ in finishing):
@@ -137,11 +224,26 @@ class BatchEngine:
                         step.tokens = step.tokens[count:]
                 for step, _ in finishing:
                     self._pending.remove(step)
+                    if step.error is None and step.sampler is not None:
+                        self._awaited.add(step.seq)  # its call will hand in the token it sampled
             for step, _ in finishing:
                 step.done.set()
         for step in failed:
             step.error = RuntimeError("the batch engine closed")
             step.done.set()
+
+    def _record(self, taken, seconds: float, passes_before: int) -> None:
+        decode = tuple(s.seq for s, n in taken if len(s.tokens) == 1)
+        prefill = [(s.seq, n) for s, n in taken if len(s.tokens) > 1]
+        n_prefill = sum(n for _, n in prefill)
+        self.steps += 1
+        self.batched_tokens += len(decode) + n_prefill
+        self.decode_tokens += len(decode)
+        self.prefill_tokens += n_prefill
+        self.step_s += seconds
+        self.prefill_step_s += seconds if n_prefill else 0.0
+        self.history.append(StepRecord(decode, n_prefill, tuple(q for q, _ in prefill), seconds,
+                                       self.passes - passes_before if self._callback is not None else None))
 
     def close(self) -> None:
         with self._cond:
@@ -152,16 +254,19 @@ class BatchEngine:
 
 
 class BatchedLlamaCppBackend(GgufTokenizer, Backend):
-    name = "llama.cpp"
+    name = "llama.cpp-batched"
 
-    def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None):
+    def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None,
+                 gather_ms: float = GATHER_S * 1e3, prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True,
+                 count_passes: bool = False):
         self.file = LlamaModelFile(gguf_path)
         self.n_ctx = n_ctx
         self.n_vocab = self.file.n_vocab
         self.model_name = self.file.path.name
         self.fingerprint = self.file.fingerprint
         self.engine = BatchEngine(self.file, n_seq=max_sessions, n_ctx_per_seq=n_ctx, n_batch=min(512, n_ctx),
-                                  n_threads=n_threads or max(1, os.cpu_count() or 1))
+                                  n_threads=n_threads or physical_cores(), gather_s=gather_ms / 1e3,
+                                  prefill_chunk=prefill_chunk, kv_unified=kv_unified, count_passes=count_passes)
         self._free_seqs = list(range(max_sessions - 1, -1, -1))
         self._lock = threading.Lock()
         self.sessions = SessionCache(max_sessions, release=self._release)
@@ -210,26 +315,30 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
         session.logits_ready = False
         reused = self._reuse(session, tokens)  # at least the last token is evaluated again
         sampler = self.file.sampler(sampling, self.n_vocab)
-        token = self._step(session, tokens[reused:], sampler)  # the delta, then the first new token
-        usage = Usage(prefilled_tokens=len(tokens) - reused, reused_tokens=reused, prefill_s=elapsed())
-        elapsed = timed()
-        generated: list[int] = []
-        finish = FINISH_LENGTH
-        while True:
-            stop = should_stop()
-            if stop:
-                finish = stop
-                break
-            if self.is_eos(token):
-                finish = FINISH_EOS
-                break
-            emit(token)
-            generated.append(token)
-            more = len(generated) < max_new_tokens
-            # evaluate it at once (the KV holds the whole session), sampling the next if wanted
-            token = self._step(session, [token], sampler if more else None)
-            if not more:
-                break
+        seq = session.state["seq"]
+        try:
+            token = self._step(session, tokens[reused:], sampler)  # the delta, then the first new token
+            usage = Usage(prefilled_tokens=len(tokens) - reused, reused_tokens=reused, prefill_s=elapsed())
+            elapsed = timed()
+            generated: list[int] = []
+            finish = FINISH_LENGTH
+            while True:
+                stop = should_stop()
+                if stop:
+                    finish = stop
+                    break
+                if self.is_eos(token):
+                    finish = FINISH_EOS
+                    break
+                emit(token)
+                generated.append(token)
+                more = len(generated) < max_new_tokens
+                # evaluate it at once (the KV holds the whole session), sampling the next if wanted
+                token = self._step(session, [token], sampler if more else None)
+                if not more:
+                    break
+        finally:
+            self.engine.leave(seq)  # no further token: the gather stops waiting
         usage.generated_tokens = len(generated)
         usage.generate_s = elapsed()
         return finish, generated, usage
