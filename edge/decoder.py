@@ -179,6 +179,14 @@ class RelayDecoder:
         return Request(self, prompt_text, prompt_ids, link=link, router=self.router if router is DEFAULT else router,
                        limits=limits or self.limits, sampling=sampling or self.sampling)
 
+    @property
+    def writes_commands(self) -> bool:
+        """True when the SLM has `<call>` as one token (a relay-trained SLM). Other SLMs never
+        write a command, so they call the cloud only through a router."""
+        from relayllm.protos.grammar import OPEN
+
+        return len(self.vocab.markup(OPEN)) == 1
+
     def prompt_text(self, prompt: str) -> str:
         """The text the SLM is given for `prompt` (the chat template's turn when chat=True)."""
         return self._prompt(prompt)[1]

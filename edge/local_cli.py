@@ -7,6 +7,10 @@ Privacy switches: --local-only (nothing leaves the device), --daily-llm-tokens N
 cloud budget per day), --redact (mask e-mails, phone numbers, long digit runs before
 anything is sent), --audit-log FILE (JSONL of what left the device; --audit-text keeps the
 exact text). Imports nothing heavy at import time.
+
+What it sets for itself, and says on its first line: OMP_WAIT_POLICY=passive unless the
+environment sets it (OPENMP_ENV), and the default routing mode for the SLM it was given
+(choose_mode: an SLM that cannot write `<call>` gets the confidence router).
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ import os
 
 from relayllm.protos.protocol import COMMAND_CONTEXTS
 
+# llama.cpp's OpenMP threads spin while they wait (libgomp's default, "active"): on a busy
+# machine a thread that decodes request after request ran 5-60x slower than a fresh one
+# (training/bench/edge_local.py). The endpoint asks for passive waiting before llama_cpp
+# loads (libgomp reads the variable once, at load), unless the environment already says.
+OPENMP_ENV = {"OMP_WAIT_POLICY": "passive"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
@@ -27,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="bearer token for the cloud service")
     parser.add_argument("--api-key", default=os.environ.get("RELAYLLM_API_KEY"),
                         help="require this key from clients (default: $RELAYLLM_API_KEY, else none)")
-    parser.add_argument("--mode", default="relay", choices=["relay", "confidence", "r2r", "citer", "local-only"],
-                        help="routing when a request does not choose (relay_mode); default relay")
+    parser.add_argument("--mode", default=None, choices=["relay", "confidence", "r2r", "citer", "local-only"],
+                        help="routing when a request does not choose (relay_mode); default: relay for an SLM "
+                             "that writes <call> (relay-trained), else confidence when --cloud is given")
     parser.add_argument("--confidence-threshold", type=float, default=0.4,
                         help="confidence mode: the LLM writes when the SLM's top probability is below this")
     parser.add_argument("--r2r-router", metavar="ONNX", default=None, help="router file for the r2r mode")
@@ -46,6 +57,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redact", action="store_true", help="mask e-mails, phone numbers, long digit runs")
     parser.add_argument("--audit-log", metavar="JSONL", default=None, help="record what left the device")
     parser.add_argument("--audit-text", action="store_true", help="the audit log keeps the exact text sent")
+
+
+def choose_mode(asked: str | None, *, writes_commands: bool, has_cloud: bool) -> tuple[str, str | None]:
+    """The endpoint's default routing mode for this SLM, and what the log should say about it.
+
+    An SLM without `<call>` as one token (not relay-trained: SmolLM2, Qwen...) never writes a
+    command, so in relay mode it would never call the cloud, silently. Without --mode such an
+    SLM gets the confidence router (the LLM writes where the SLM is unsure); asked for relay
+    explicitly, it keeps relay with a warning. Without a cloud nothing calls anyway: relay.
+    """
+    if asked is not None:
+        if asked == "relay" and has_cloud and not writes_commands:
+            return asked, ("warning: this SLM has no `<call>` token (not relay-trained), so relay mode never "
+                           "calls the cloud; --mode confidence hands the LLM the tokens the SLM is unsure of")
+        return asked, None
+    if writes_commands or not has_cloud:
+        return "relay", None
+    return "confidence", ("this SLM has no `<call>` token (not relay-trained): relay mode would never call the "
+                          "cloud, so the default mode is confidence (--mode relay to override)")
 
 
 def build_service(args):
@@ -97,17 +127,35 @@ def build_service(args):
             routers[mode] = TokenRouter(file, args.router_threshold, llama=slm)
         except RouterError as exc:
             raise EdgeError(str(exc)) from None
-    return LocalService(decoder, model=path.stem, mode=args.mode, routers=routers, api_key=args.api_key,
-                        max_tokens=args.max_tokens)
+    # 4) The default mode: one that calls the cloud with this SLM (choose_mode).
+    mode, note = choose_mode(args.mode, writes_commands=decoder.writes_commands, has_cloud=client is not None)
+    return LocalService(decoder, model=path.stem, mode=mode, routers=routers, api_key=args.api_key,
+                        max_tokens=args.max_tokens, mode_note=note)
+
+
+def openmp_env(environ=None) -> dict:
+    """Set OPENMP_ENV where `environ` (default os.environ) does not set it; what is in effect."""
+    environ = os.environ if environ is None else environ
+    for key, value in OPENMP_ENV.items():
+        environ.setdefault(key, value)
+    return {key: environ[key] for key in OPENMP_ENV}
 
 
 def run(args) -> int:
+    import sys
+
+    # 1) OpenMP's settings first: nothing has loaded llama.cpp yet (this module imports nothing heavy).
+    omp = " ".join(f"{k}={v}" for k, v in openmp_env().items())
+    if "llama_cpp" in sys.modules:
+        omp += " (llama.cpp was loaded before: set it in the environment)"
     import uvicorn
 
     from relayllm.edge.server import create_app
 
     service = build_service(args)
-    print(f"relayllm local: http://{args.host}:{args.port}/v1 (model {service.model}, mode {service.mode})",
+    print(f"relayllm local: http://{args.host}:{args.port}/v1 (model {service.model}, mode {service.mode}, {omp})",
           flush=True)
+    if service.mode_note:
+        print(f"relayllm local: {service.mode_note}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level="warning")
     return 0

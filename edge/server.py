@@ -63,6 +63,7 @@ class LocalService:
     routers: dict = field(default_factory=dict)
     api_key: str | None = None
     max_tokens: int = 256
+    mode_note: str | None = None  # why the default mode is what it is (edge/local_cli.py, choose_mode)
 
     def __post_init__(self):
         if self.mode not in MODES:

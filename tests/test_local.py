@@ -208,3 +208,75 @@ def test_relayllm_local_command_serves_and_checks_flags(smollm2_path, tmp_path):
         proc.wait(10)
     bad = subprocess.run(run + ["--mode", "r2r", "--model", str(smollm2_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and "--r2r-router" in bad.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# What `relayllm local` sets for itself, and says: the mode for its SLM, OpenMP's waiting
+
+_START = r"""
+import os, sys, json
+os.environ.pop("OMP_WAIT_POLICY", None)
+seen = []
+
+class Hook:  # OMP_WAIT_POLICY as llama_cpp is first imported (libgomp reads it when it loads)
+    def find_spec(self, name, path=None, target=None):
+        if name == "llama_cpp" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+
+sys.meta_path.insert(0, Hook())
+import uvicorn
+uvicorn.run = lambda app, **kw: print("SERVING", flush=True)  # start-up only, no server
+from relayllm.protos.cli import main
+code = main(["local", *sys.argv[1:]])
+print(json.dumps({"code": code, "omp_at_llama_import": seen}))
+"""
+
+
+def _start_local(*flags):
+    proc = subprocess.run([sys.executable, "-c", _START, *flags], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout, proc.stderr
+
+
+def test_local_picks_a_mode_that_calls_with_an_slm_that_cannot_write_a_command(smollm2_path):
+    """SmolLM2 has no `<call>` token: in relay mode it would never call the cloud. With a cloud and
+    no --mode the endpoint serves the confidence router and says why; --mode relay is kept, with
+    a warning. OpenMP's idle threads sleep (OMP_WAIT_POLICY=passive) before llama.cpp loads."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        cloud = f"127.0.0.1:{s.getsockname()[1]}"  # nothing needs to answer: the start-up does not call
+    result, out, err = _start_local("--model", str(smollm2_path), "--cloud", cloud)
+    assert result == {"code": 0, "omp_at_llama_import": ["passive"]}
+    assert "mode confidence" in out and "OMP_WAIT_POLICY=passive" in out and "SERVING" in out
+    assert "no `<call>` token" in err and "default mode is confidence" in err
+
+    result, out, err = _start_local("--model", str(smollm2_path), "--cloud", cloud, "--mode", "relay")
+    assert result["code"] == 0 and "mode relay" in out
+    assert "warning: this SLM has no `<call>` token" in err and "never calls the cloud" in err
+
+    result, out, err = _start_local("--model", str(smollm2_path))  # no cloud: nothing to call, no note
+    assert result["code"] == 0 and "mode relay" in out and "<call>" not in err
+
+
+def test_choose_mode_for_every_slm_and_cloud():
+    from relayllm.edge.local_cli import choose_mode
+
+    assert choose_mode(None, writes_commands=True, has_cloud=True) == ("relay", None)
+    assert choose_mode(None, writes_commands=False, has_cloud=False) == ("relay", None)
+    mode, note = choose_mode(None, writes_commands=False, has_cloud=True)
+    assert mode == "confidence" and "no `<call>` token" in note
+    mode, note = choose_mode("relay", writes_commands=False, has_cloud=True)
+    assert mode == "relay" and note.startswith("warning:")
+    for asked in ("confidence", "r2r", "citer", "local-only"):
+        assert choose_mode(asked, writes_commands=False, has_cloud=True) == (asked, None)
+    assert choose_mode("relay", writes_commands=True, has_cloud=True) == ("relay", None)
+
+
+def test_openmp_env_keeps_what_the_environment_says():
+    from relayllm.edge.local_cli import openmp_env
+
+    env = {}
+    assert openmp_env(env) == {"OMP_WAIT_POLICY": "passive"} == env
+    env = {"OMP_WAIT_POLICY": "active"}
+    assert openmp_env(env) == {"OMP_WAIT_POLICY": "active"}

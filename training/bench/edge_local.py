@@ -16,10 +16,11 @@ spin; on a loaded 2-core machine that made the same decode 5-60x slower than fro
 thread. Timing the SDK on the main thread against the endpoint's fresh thread gave "SDK 4.2
 tok/s, endpoint 47.6 tok/s": a threading artefact, not the SDK. Even from fresh threads the
 spinning made single rounds 2-15x slower at random under load, so `in_child` runs these in a
-child process with OMP_WAIT_POLICY=passive (unless the environment sets it; libgomp reads it
-once, at load): both sides then wait alike and the pair measures the endpoint, not the
-scheduler. The value used is in the result. Benchmarks, not tests: nothing here asserts a
-speed.
+child process with the OpenMP settings `relayllm local` sets for itself
+(edge/local_cli.py OPENMP_ENV: OMP_WAIT_POLICY=passive unless the environment sets it;
+libgomp reads it once, at load): the endpoint side is timed as users run it, the SDK side
+as an app that sets the same variable. The value used is in the result. Benchmarks, not
+tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -188,7 +189,10 @@ def in_child(kind: str, path: str | Path, max_tokens: int, rounds: int, n_thread
     sleeping (see the module doc); its result, with `omp_wait_policy`."""
     if kind not in ("endpoint_vs_sdk", "turn_two"):
         raise ValueError(f"kind must be endpoint_vs_sdk or turn_two, got {kind!r}")
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+    from relayllm.edge.local_cli import openmp_env
+
+    env = dict(os.environ)
+    openmp_env(env)  # what `relayllm local` sets for itself
     args = [kind, str(path), str(max_tokens), str(rounds), str(n_threads or 0)]
     proc = subprocess.run([sys.executable, "-m", __name__, *args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
