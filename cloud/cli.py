@@ -70,11 +70,11 @@ def make_backend(settings: ServeSettings):
                 salt_tenants=settings.cache_salt, api_key=os.environ.get("RELAYLLM_UPSTREAM_API_KEY"))
         except (OSError, ValueError) as err:
             raise ServiceError(f"cannot use the engine at {settings.upstream_url}: {err}") from None
-    if not settings.model:
-        raise ServiceError("give --model (or model = ... in the config file, or RELAYLLM_MODEL)")
-    model = Path(settings.model)
-    if not model.exists():
-        raise ServiceError(f"model not found: {model}")
+    from relayllm.protos import registry
+
+    # a GGUF path, an HF folder, or a registry name (pulled on first use); by default the
+    # registry's cloud LLM, Qwen2.5-Coder-1.5B-Instruct
+    model = registry.resolve_model(settings.model or registry.DEFAULT_LLM)
     kind = settings.backend
     if kind == "auto":
         kind = "transformers" if model.is_dir() else "llama.cpp"

@@ -35,8 +35,9 @@ class ServeSettings:
     """How `relayllm serve` runs; the limits of the service are in `server` (ServerConfig)."""
 
     model: str | None = field(default=None, metadata={
-        "help": "a GGUF file (llama.cpp), a Hugging Face model folder (transformers), or the upstream "
-                "engine's model name (openai-gateway)"})
+        "help": "a GGUF file (llama.cpp), a Hugging Face model folder (transformers), a registry name "
+                "(`relayllm models list`; default: qwen2.5-coder-1.5b-instruct), or the upstream engine's "
+                "model name (openai-gateway)"})
     backend: str = field(default="auto", metadata={
         "help": "auto (llama.cpp for a .gguf file, transformers for a folder), llama.cpp or llama.cpp-batched "
                 "(sessions batched), "

