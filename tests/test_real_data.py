@@ -18,13 +18,13 @@ from relayllm.training import eval as E
 from relayllm.training.data import grading
 from relayllm.training.data.prompts import DEFAULT_INSTRUCTION
 
-GSM8K = Path(__file__).parents[2] / "shared/data/gsm8k/train.jsonl"
+from relayllm.training.data import gsm8k
+
+GSM8K = gsm8k.path("pool")  # shipped in the package (training/data/gsm8k/, MIT)
 
 
 @pytest.fixture(scope="module")
 def gsm8k_head(tmp_path_factory):
-    if not GSM8K.is_file():
-        pytest.skip(f"GSM8K train split not found at {GSM8K} (the steering repo's shared/data)")
     path = tmp_path_factory.mktemp("gsm8k") / "head.jsonl"
     path.write_text("".join(GSM8K.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
     return path

@@ -17,12 +17,12 @@ import pytest
 
 from relayllm.protos.cli import main
 
-GSM8K = Path(__file__).parents[2] / "shared/data/gsm8k/train.jsonl"
+from relayllm.training.data import gsm8k
+
+GSM8K = gsm8k.path("pool")  # shipped in the package (training/data/gsm8k/, MIT)
 
 
 def test_warmup_grpo_export_on_smollm2_and_gsm8k(smollm2_path, tmp_path, capsys):
-    if not GSM8K.is_file():
-        pytest.skip(f"GSM8K train split not found at {GSM8K} (the steering repo's shared/data)")
     data = tmp_path / "gsm8k-head.jsonl"
     data.write_text("".join(GSM8K.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
     run = tmp_path / "run"

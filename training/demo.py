@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="results folder (default: runs/demo-<date>-<time>)")
     parser.add_argument("--max-tokens", type=int, default=None, help="response token budget per question")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random routers (default 0)")
+    parser.add_argument("--pair-questions", type=int, default=None, metavar="N",
+                        help="GSM8K questions the real pair answers live first (training/demo_pair.py; default 2, "
+                             "0 with --fast; 0 skips the real pair)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -74,11 +77,23 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     started = time.perf_counter()
 
+    pair_questions = args.pair_questions if args.pair_questions is not None else (0 if args.fast else 2)
+    if pair_questions < 0:
+        raise TrainingError("--pair-questions must be >= 0")
+    live = None
+    if pair_questions:
+        from relayllm.training.demo_pair import live_pair
+
+        say("the real pair: pulling (or reusing) Qwen2.5-Coder 0.5B (device) and 1.5B (cloud) ...")
+        live = live_pair(pair_questions, progress=progress)
+        say(f"the real pair: {sum(a['correct'] for a in live['answers'])}/{len(live['answers'])} right, "
+            f"{live['total_s']:.0f} s (pull {live['pull_s']:.0f} s)")
+
     from relayllm.training.models.defaults import default_models
 
-    say("default models: building or reusing the cache ...")
+    say("then the built-in benchmark. default models: building or reusing the cache ...")
     models = default_models(progress=progress)
-    build_s = time.perf_counter() - started
+    build_s = time.perf_counter() - started - (live["total_s"] if live else 0.0)
     say(f"default models ready in {build_s:.0f} s: llm={models.llm} slm={models.slm} relay_slm={models.relay_slm} "
         f"routers: r2r={models.r2r_router} citer={models.citer_router}")
     if models.relay_slm is None:
@@ -95,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         summary["files"]["grpo_curves"] = str(out / Path(curves).name)
     summary["relay_training"] = {k: models.info.get(k) for k in (
         "relay_stages", "relay_command_context", "relay_recipe", "relay_warmup_s", "relay_grpo_s", "relay_build_s")}
+    summary["real_pair_live"] = live
     summary["model_build_s"] = build_s
     summary["total_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -235,7 +251,7 @@ def _report(out, val, tst, choices, ratio_cap, models, eval_s, meta, pair) -> di
                     if r.setting is None and r is not chosen.get(m)]  # relay with and without the knob
     rows = [slm, llm, relay, *uncalibrated, *tst["random"],
             *(chosen[m] for m in TUNED_MODES if m in chosen and m != "relay")]
-    labels = [r.label + (" (chosen)" if chosen.get(r.mode) is r else "") for r in rows]
+    labels = [r.label + (choices[r.mode].mark if chosen.get(r.mode) is r else "") for r in rows]
     gap = E.gap_recovered(slm.accuracy, relay.accuracy, llm.accuracy)
     cost = E.saved_vs_random(relay, tst["random"])
     random_val = val["random"][-1] if val["random"] and val["random"][-1].accuracy >= E.chosen_run(

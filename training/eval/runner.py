@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 from relayllm.training.data.benchmark import Example
 from relayllm.training.data.prompts import gguf_has_chat_template, user_message
 from relayllm.training.errors import EvalError
+from relayllm.training.eval.journal import Budget, Journal
 from relayllm.training.eval.modes import DEFAULT_CALL_THRESHOLD
 from relayllm.training.eval.records import Grader, ModeRun, QuestionRecord, record_from_result, tally_stream
 
@@ -23,26 +24,45 @@ from relayllm.training.eval.records import Grader, ModeRun, QuestionRecord, reco
 def run_mode(examples: Sequence[Example], answer: Callable[[str], object], grader: Grader, *, mode: str,
              setting: float | None = None, setting_name: str | None = None, progress: bool = True,
              before_each: Callable[[int], None] | None = None,
-             prompt_of: Callable[[str], str] | None = None) -> ModeRun:
+             prompt_of: Callable[[str], str] | None = None, journal: Journal | None = None,
+             budget: Budget | None = None) -> ModeRun:
     """Answer every example with `answer(question)` and grade it; `answer` returns the Result,
     or (Result, CloudUsage) when it tallied its calls' cost; `prompt_of(question)` is the prompt
-    as sent, kept in the record."""
+    as sent, kept in the record. With a `journal`, each record is appended as it is made and
+    questions already there are not answered again (training/eval/journal.py); a `budget`
+    stops between two questions (BudgetReached) with the records kept."""
     from tqdm.auto import tqdm
 
     desc = mode if setting is None else f"{mode} {setting_name}={setting:g}"
+    done = journal.done() if journal is not None else {}
     records: list[QuestionRecord] = []
+    resumed_s = 0.0  # the wall time of answers read back from the journal
     start = time.perf_counter()
-    for i, ex in enumerate(tqdm(examples, desc=desc, unit="q", disable=not progress, leave=False)):
-        if before_each is not None:
-            before_each(i)
-        t0 = time.perf_counter()
-        result, usage = answer(ex.question), None
-        if isinstance(result, tuple):
-            result, usage = result
-        records.append(record_from_result(i, ex, result, grader, time.perf_counter() - t0,
-                                          prompt_of(ex.question) if prompt_of else "", usage))
+    bar = tqdm(total=len(examples), desc=desc, unit="q", disable=not progress, leave=False)
+    with bar:
+        for i, ex in enumerate(examples):
+            old = done.get(i)
+            if old is not None and old.question == ex.question:
+                records.append(old)
+                resumed_s += old.wall_s
+                bar.update(1)
+                continue
+            if budget is not None:
+                budget.check(len(records), len(examples), desc)
+            if before_each is not None:
+                before_each(i)
+            t0 = time.perf_counter()
+            result, usage = answer(ex.question), None
+            if isinstance(result, tuple):
+                result, usage = result
+            record = record_from_result(i, ex, result, grader, time.perf_counter() - t0,
+                                        prompt_of(ex.question) if prompt_of else "", usage)
+            if journal is not None:
+                journal.append(record)
+            records.append(record)
+            bar.update(1)
     return ModeRun(mode=mode, setting=setting, setting_name=setting_name, records=records,
-                   wall_s=time.perf_counter() - start)
+                   wall_s=time.perf_counter() - start + resumed_s)
 
 
 class Evaluator:
@@ -58,8 +78,14 @@ class Evaluator:
 
     def __init__(self, *, cloud_target: str | None, grader: Grader, prompt: Callable[[str], str] | None = None,
                  instruction: str | None = None, max_tokens: int = 256, max_calls: int = 4, seed: int = 0,
-                 progress: bool = True, n_ctx: int = 2048):
+                 progress: bool = True, n_ctx: int = 2048, journal_dir: str | Path | None = None,
+                 journal_key: dict | None = None, budget: Budget | None = None):
         self.cloud_target = cloud_target
+        # resumable runs: records appended under journal_dir, in files keyed by journal_key
+        # (what decides the answers beyond the mode: the models, the data), and a time budget
+        self.journal_dir = journal_dir
+        self.journal_key = dict(journal_key or {})
+        self.budget = budget
         self.grader = grader
         self.prompt = prompt or (lambda q: q)
         self.instruction = instruction
@@ -126,18 +152,29 @@ class Evaluator:
         self.close()
 
     # -- modes --------------------------------------------------------------------------
-    def _run(self, examples, decoder, mode, setting=None, setting_name=None, before_each=None) -> ModeRun:
+    def journal(self, mode: str, setting=None, **extra) -> Journal | None:
+        """The records file of one run (None without a journal_dir)."""
+        if self.journal_dir is None:
+            return None
+        key = {**self.journal_key, "mode": mode, "setting": setting, "max_tokens": self.max_tokens,
+               "max_calls": self.max_calls, "instruction": self.instruction, "seed": self.seed, **extra}
+        return Journal(self.journal_dir, key)
+
+    def _run(self, examples, decoder, mode, setting=None, setting_name=None, before_each=None, **key) -> ModeRun:
         return run_mode(examples, lambda q: tally_stream(decoder.stream(self.text_for(decoder, q))), self.grader, mode=mode,
                         setting=setting, setting_name=setting_name, progress=self.progress,
-                        before_each=before_each, prompt_of=lambda q: decoder.prompt_text(self.text_for(decoder, q)))
+                        before_each=before_each, prompt_of=lambda q: decoder.prompt_text(self.text_for(decoder, q)),
+                        journal=self.journal(mode, setting, **key),
+                        budget=self.budget)
 
     def run_slm(self, examples, slm) -> ModeRun:
-        return self._run(examples, self.decoder(slm, cloud=False, max_calls=0), "slm")
+        return self._run(examples, self.decoder(slm, cloud=False, max_calls=0), "slm", slm=model_id(slm))
 
     def run_llm(self, examples, slm) -> ModeRun:
         """The LLM writes every token, through the cloud; tokens counted in the SLM's tokenizer."""
         router = AlwaysLLM(self.max_tokens)
-        return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm")
+        return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm",
+                         slm=model_id(slm))
 
     def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD,
                   command_context: str = "keep") -> ModeRun:
@@ -148,9 +185,10 @@ class Evaluator:
             dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold, command_context=command_context)
         except ValueError as exc:  # not a relay SLM
             raise EvalError(str(exc)) from None
+        key = {"slm": model_id(relay_slm), "command_context": command_context}
         if call_threshold is None:
-            return self._run(examples, dec, "relay")
-        return self._run(examples, dec, "relay", call_threshold, "call_threshold")
+            return self._run(examples, dec, "relay", **key)
+        return self._run(examples, dec, "relay", call_threshold, "call_threshold", **key)
 
     def run_random(self, examples, slm, p: float) -> ModeRun:
         from relayllm.edge.routers import RandomRouter
@@ -161,13 +199,13 @@ class Evaluator:
             router.reseed(self.seed * 100_003 + i)
 
         dec = self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens)
-        return self._run(examples, dec, "random", p, "p", before_each=fresh_router)
+        return self._run(examples, dec, "random", p, "p", before_each=fresh_router, slm=model_id(slm))
 
     def run_confidence(self, examples, slm, threshold: float) -> ModeRun:
         from relayllm.edge.routers import ConfidenceRouter
 
         dec = self.decoder(slm, cloud=True, router=ConfidenceRouter(threshold), max_calls=self.max_tokens)
-        return self._run(examples, dec, "confidence", threshold, "threshold")
+        return self._run(examples, dec, "confidence", threshold, "threshold", slm=model_id(slm))
 
     def run_learned_router(self, examples, slm, router_file: str | Path, threshold: float, mode: str) -> ModeRun:
         """R2R or CITER: an ONNX router reading the SLM's own signals (hidden state included)."""
@@ -179,12 +217,17 @@ class Evaluator:
         except RouterError as exc:
             raise EvalError(str(exc)) from None
         dec = self.decoder(llama, cloud=True, router=router, max_calls=self.max_tokens)
-        return self._run(examples, dec, mode, threshold, "threshold")
+        return self._run(examples, dec, mode, threshold, "threshold", slm=model_id(slm), router=model_id(router_file))
 
     def run_query(self, slm_run: ModeRun, llm_run: ModeRun, share: float) -> ModeRun:
-        from relayllm.training.eval.modes import query_router_run
+        from relayllm.training.eval.modes import random_query_split_run
 
-        return query_router_run(slm_run, llm_run, share, seed=self.seed)
+        return random_query_split_run(slm_run, llm_run, share, seed=self.seed)
+
+
+def model_id(model) -> str:
+    """A model's name in a journal key: its file's name (a loaded Llama: its model_path's)."""
+    return Path(str(getattr(model, "model_path", model))).name
 
 
 def AlwaysLLM(max_tokens: int):

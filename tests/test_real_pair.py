@@ -1,0 +1,109 @@
+"""The real pair (issue "A real pair"): Qwen2.5-Coder-0.5B-Instruct on the device and 1.5B in the
+cloud, from the model registry, on GSM8K subsets shipped in the package.
+
+Real parts: both GGUFs as the registry pulls them (.ci/setup pulls them once; a pull here is
+idempotent), llama.cpp, the project's cloud on loopback, `relayllm eval` through the
+dispatcher. Answers are kept short: these tests check the paths, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relayllm.protos import registry
+from relayllm.protos.cli import main
+from relayllm.training.data import gsm8k
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return registry.pull(registry.DEFAULT_SLM, progress=False), registry.pull(registry.DEFAULT_LLM, progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# the shipped GSM8K subsets
+
+
+def test_gsm8k_subsets_are_disjoint_and_sized():
+    ids = {split: gsm8k.ids(split) for split in gsm8k.SPLITS}
+    for split, size in gsm8k.SUBSETS.items():
+        assert len(ids[split]) == size == len(set(ids[split]))
+        assert all(0 <= i < gsm8k.SOURCE_SIZE for i in ids[split])
+    everything = [i for split in gsm8k.SPLITS for i in ids[split]]
+    assert len(everything) == len(set(everything))  # no problem in two subsets
+    questions = [ex.question for split in gsm8k.SPLITS for ex in gsm8k.load(split)]
+    assert len(questions) == len(set(questions))
+    assert all("####" in ex.answer for ex in gsm8k.load("dev-test"))
+    assert (gsm8k.FOLDER / "LICENSE").read_text().startswith("MIT License")
+
+
+# ------------------------------------------------------------------------------------------
+# the pair
+
+
+def test_the_pair_shares_one_tokenizer(pair, smollm2_path):
+    from relayllm.edge.models import quiet_llama
+    from relayllm.protos.fingerprint import tokenizer_fingerprint
+
+    slm, llm = (quiet_llama(model_path=str(p), vocab_only=True) for p in pair)
+    smol = quiet_llama(model_path=str(smollm2_path), vocab_only=True)
+    assert slm.n_vocab() == llm.n_vocab() == 151_936
+    assert tokenizer_fingerprint(slm) == tokenizer_fingerprint(llm) != tokenizer_fingerprint(smol)
+    for model in (slm, llm):  # both ChatML (the templates differ only in how a tool call is escaped)
+        template = model.metadata["tokenizer.chat_template"]
+        assert "<|im_start|>" in template and "<|im_end|>" in template
+    prompt = "<|im_start|>user\nWhat is 17 * 24?<|im_end|>\n<|im_start|>assistant\n".encode()
+    assert slm.tokenize(prompt, add_bos=False, special=True) == llm.tokenize(prompt, add_bos=False, special=True)
+
+
+def test_the_pair_answers_a_gsm8k_question_through_a_real_cloud(pair):
+    """The demo's live part: the 0.5B writes, a confidence router hands the 1.5B the tokens it is
+    unsure of, over gRPC on loopback, in token ids (one tokenizer)."""
+    import io
+
+    from relayllm.training.demo_pair import live_pair
+
+    out = io.StringIO()
+    figures = live_pair(1, threshold=0.9, max_tokens=40, progress=False, out=out)
+    [answer] = figures["answers"]
+    assert not answer["degraded"], answer["degraded_reasons"]
+    assert answer["calls"] >= 1 and 0 < answer["llm_token_ratio"] < 1  # both wrote part of it
+    printed = out.getvalue()
+    assert "⟦" in printed and "⟧" in printed  # the cloud's pieces, marked
+    assert gsm8k.load("pool", 1)[0].question in printed
+
+
+def test_eval_suite_gsm8k_resumes_and_keeps_records(pair, tmp_path, capsys):
+    out = tmp_path / "gsm"
+    cmd = ["eval", "--suite", "gsm8k", "--split", "validation", "--mode", "slm", "--limit", "2",
+           "--max-tokens", "12", "--out", str(out), "--no-progress"]
+    assert main(cmd) == 0
+    [journal] = (out / "records").glob("slm-*.jsonl")
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads((out / "slm.json").read_text())["runs"][0]
+    assert first["n"] == 2 and first["records"][0]["question"] == gsm8k.load("validation", 1)[0].question
+    # a second run of the same command answers nothing again: the records are read back
+    assert main(cmd) == 0
+    assert journal.read_text().splitlines() == lines
+    again = json.loads((out / "slm.json").read_text())["runs"][0]
+    assert [r["response"] for r in again["records"]] == [r["response"] for r in first["records"]]
+    # a budget already spent stops before the next question, one readable line, records kept
+    assert main(cmd + ["--limit", "3", "--budget-minutes", "0.00001"]) == 2  # the last --limit wins
+    assert "time budget reached" in capsys.readouterr().err
+    assert journal.read_text().splitlines() == lines
+    # another budget is another file: settings never mix
+    assert main(["eval", "--suite", "gsm8k", "--split", "validation", "--mode", "slm", "--limit", "1",
+                 "--max-tokens", "8", "--out", str(out), "--no-progress"]) == 0
+    assert len(list((out / "records").glob("slm-*.jsonl"))) == 2
+
+
+def test_eval_suite_refuses_bad_combinations(capsys):
+    assert main(["eval", "--suite", "gsm8k", "--split", "test", "--mode", "slm"]) == 2
+    assert "choose dev-test, validation, pool" in capsys.readouterr().err
+    assert main(["eval", "--mode", "all"]) == 2
+    assert "--suite gsm8k" in capsys.readouterr().err
+    assert main(["eval", "--suite", "gsm8k", "--mode", "relay"]) == 2
+    assert "relay SLM trained for the pair" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""The GSM8K table on the real pair: settings chosen on validation, reported on the development test.
+
+`relayllm eval --suite gsm8k --mode all` runs, through the edge SDK and the project's cloud
+on loopback (Qwen2.5-Coder-0.5B-Instruct on the device, 1.5B in the cloud, from the model
+registry):
+
+1. validation (training/data/gsm8k/validation.jsonl): slm and the confidence router at
+   every threshold (the LLM alone is not needed to choose, and is the costliest mode); the same rule as the demo (training/eval/selection.py: the best accuracy
+   at an LLM token ratio under the cap) picks its threshold;
+2. development test (dev-test.jsonl): slm, llm, confidence at the chosen threshold, the
+   query split at each share (free: it reuses the slm and llm records), and the random token
+   router at increasing p until it reaches the chosen confidence row's accuracy (both sides
+   measured).
+The relay SLM and the R2R / CITER routers join when they exist for this pair (issue "Relay
+training at real size"); until then their rows are said to be missing, never filled in.
+
+Every answer is appended to `<out>/records/` as it is made: an interrupted run (or one
+stopped by `--budget-minutes`) goes on where it stopped, and the committed records are what
+the README's table is generated from (`python -m relayllm.training.eval.suite DIR` renders it
+again). Not here: how one mode runs (runner.py) or is shown (report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+THRESHOLDS = (0.3, 0.5, 0.7)  # confidence: top probability below which the LLM writes a token
+QUERY_SHARES = (0.25, 0.5)
+RANDOM_P = (0.1, 0.3)  # besides the chosen row's own ratio: the sweep stops at the first p that reaches it
+
+
+def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLDS, ratio_cap: float | None = None,
+              say=print) -> dict:
+    """Both passes (module doc) with the Evaluator `ev`; writes `<out>` and returns the summary."""
+    from relayllm.training import eval as E
+
+    ratio_cap = E.RATIO_CAP if ratio_cap is None else ratio_cap
+    out = Path(out)
+    started = time.perf_counter()
+    # 1) validation: where the threshold is chosen
+    say(f"validation ({len(val_ex)} questions): slm, confidence at {', '.join(map(str, thresholds))}")
+    val = {"slm": [ev.run_slm(val_ex, slm)],
+           "confidence": [ev.run_confidence(val_ex, slm, t) for t in thresholds]}
+    choice = E.choose(val["confidence"], ratio_cap)
+    say(f"chosen on validation: confidence threshold {choice.setting:g} ({choice.reason})")
+    # 2) development test: what the table reports
+    say(f"development test ({len(test_ex)} questions)")
+    tst = {"slm": [ev.run_slm(test_ex, slm)], "llm": [ev.run_llm(test_ex, slm)],
+           "confidence": [ev.run_confidence(test_ex, slm, choice.setting)]}
+    tst["query"] = [ev.run_query(tst["slm"][0], tst["llm"][0], s) for s in QUERY_SHARES]
+    best = tst["confidence"][0]
+    ps = sorted({round(best.llm_token_ratio, 4), *RANDOM_P} - {0.0})
+    tst["random"] = E.sweep_until(lambda p: ev.run_random(test_ex, slm, p), ps, best.accuracy)
+    eval_s = time.perf_counter() - started
+    for mode, runs in tst.items():
+        E.write_mode_json(out, mode, runs, {"data": "GSM8K dev-test", "n": len(test_ex)})
+    for mode, runs in val.items():
+        E.write_mode_json(out / "validation", mode, runs, {"data": "GSM8K validation", "n": len(val_ex)})
+    summary = {"choice": choice.to_dict(), "ratio_cap": ratio_cap, "eval_s": eval_s,
+               "n_validation": len(val_ex), "n_test": len(test_ex)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    render(out)
+    return summary
+
+
+def render(out: str | Path) -> Path:
+    """results.md of a GSM8K table folder, from its saved runs (the README's table comes from here)."""
+    from relayllm.training import eval as E
+
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    tst = E.read_runs(out)
+    val = E.read_runs(out / "validation") if (out / "validation").is_dir() else []
+    by = {}
+    for r in tst:
+        by.setdefault(r.mode, []).append(r)
+    slm, llm = by["slm"][0], by["llm"][0]
+    rows = [slm, llm, *by.get("confidence", []), *by.get("query", []), *sorted(by.get("random", []), key=lambda r: r.setting)]
+    labels = [r.label + (" (chosen on validation)" if r.mode == "confidence" else "") for r in rows]
+    best = by["confidence"][0]
+    gap = E.gap_recovered(slm.accuracy, best.accuracy, llm.accuracy)
+    headline = "\n".join(f"- {h}" for h in (
+        f"GSM8K development test, n={slm.n}; settings chosen on validation (n={summary['n_validation']}); "
+        f"rule: {E.rule_text(summary['ratio_cap'])}",
+        f"gap recovered by the confidence router (conf - slm) / (llm - slm): {E.fmt_fraction(gap)} "
+        f"at {best.llm_token_ratio:.1%} LLM tokens",
+        "relay, R2R and CITER: not in this table yet (no relay SLM or routers trained for this pair)",
+        f"evaluation wall time: {summary['eval_s'] / 60:.0f} min on this machine (records resumed count their own time)",
+    ))
+    table = ("## Development test\n\n" + E.markdown_table(rows, llm=llm, labels=labels)
+             + ("\n## Validation: every run (where the threshold is chosen)\n\n" + E.markdown_table(val)
+                if val else ""))
+    table_path, _ = E.write_report(out, rows, headline=headline, table=table, plot_runs=val or None,
+                                   plot_split="validation" if val else "")
+    return table_path
+
+
+if __name__ == "__main__":
+    print(render(sys.argv[1]))
