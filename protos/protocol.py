@@ -13,13 +13,39 @@ people in docs/relay-protocol.md.
   stays in the SLM's context, the LLM's tokens follow it) or "drop" (it leaves the SLM's
   context when the LLM wrote something: a call that brought nothing leaves it there, or
   the SLM, back in the same state, would ask again at once).
+- The limits an answer runs under (`EVAL_LIMITS`, `TRAIN_LIMITS`): one definition for the
+  evaluation harness and for GRPO's rollouts, and their difference named with its reason.
 The command's grammar is protos/grammar.py; what the LLM is shown (the prompt and the text
 so far with every command removed) is grammar.remove_commands / remove_command_ids.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 COMMAND_CONTEXTS = ("keep", "drop")
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    """Per-answer limits: calls (commands that get LLM tokens) and response tokens (SLM +
+    LLM, in the SLM's tokenizer; the LLM may write all of them)."""
+
+    max_calls: int
+    max_tokens: int
+
+
+# The evaluation harness's (training/eval/runner.py Evaluator: its max_calls / max_tokens
+# defaults; Limits(max_calls, max_llm_tokens=max_total_tokens=max_tokens) on the edge): the
+# paper's 4 calls at evaluation.
+EVAL_LIMITS = RelayLimits(max_calls=4, max_tokens=256)
+# GRPO's rollouts (training/relay/config.py GrpoConfig max_calls / max_tokens), on purpose not
+# the evaluation's: 2 calls is the paper's training limit (fewer calls than at evaluation, so the
+# policy learns to call sparingly, while the call-ratio penalty counts every N it asks for,
+# served or not); 64 tokens keeps the default tiny pair's rollouts cheap on 2 CPU cores (its
+# answers are shorter). A real pair writes longer answers (GSM8K: ~270 tokens): train it with
+# max_tokens = EVAL_LIMITS.max_tokens, or the rollouts are cut before the answer.
+TRAIN_LIMITS = RelayLimits(max_calls=2, max_tokens=64)
 
 
 def check_command_context(value: str) -> str:

@@ -133,3 +133,50 @@ def test_two_dropped_commands_in_one_rollout(tok, models):
     view = DropView(slm, tok, rollout.open_id, rollout.close_id, max_calls=2)
     got = slm_logps(view, torch.tensor([prompt + completion]), len(prompt), completion)
     assert max(abs(a - b) for a, b, who in zip(got, out["logprobs"], authors) if who == 0) < 1e-4
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_a_failed_call_leaves_its_command_in_the_rollout_and_in_the_scoring_pass(tok, models, tmp_path):
+    """The cloud is down (nothing listens): the call brings nothing, so the command stays in
+    the SLM's context (as on the device), and TRL's scoring pass must keep it too. The ids
+    alone look like a command that was called (it is followed by tokens): the drop view reads
+    the rollout's record instead."""
+    from relayllm.training.relay.helper_llm import CloudLLM
+
+    slm = rm.bigram_model(tok, {**SLM_WRITES_A_COMMAND, "</call>": ["#"]})  # alone after the command: "#8"
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in slm.model.layers:
+            layer.self_attn.o_proj.weight.normal_(0, 0.5)
+    helper = CloudLLM(f"127.0.0.1:{_closed_port()}", tok, deadline_s=2.0)
+    try:
+        trainer = grpo.make_trainer(slm, tok, helper, [(rm.PROMPT, rm.ANSWER)], tmp_path, steps=1, group_size=2,
+                                    prompts_per_step=1, max_tokens=10, progress=False, kl=0.0,
+                                    command_context="drop")
+        trainer.current_gradient_accumulation_steps = 1
+        batch = trainer._generate_and_score_completions([{"prompt": rm.PROMPT, "answer": rm.ANSWER}] * 2)
+    finally:
+        helper.close()
+    assert helper.stats.failures >= 1 and helper.stats.tokens == 0
+    assert tok.convert_ids_to_tokens(batch["completion_ids"][0, :6]) == ["5", "<call>", "2", "</call>", "#", "8"]
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    width = batch["completion_ids"].size(1)
+    with torch.no_grad():
+        scored, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, width)
+    valid = batch["completion_mask"].bool()
+    sampled = batch["sampling_per_token_logps"]
+    assert (scored[valid] - sampled[valid]).abs().max() < 2e-3
+    # what the ids alone say (the command was called) gives other log-probs: the test can tell
+    guessed = DropView(trainer.model, tok, *tok.convert_tokens_to_ids(["<call>", "</call>"]), max_calls=2)
+    with torch.no_grad():
+        logits = guessed(input_ids=ids, attention_mask=mask).logits[:, -width - 1:-1]
+    by_ids = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"][..., None])[..., 0]
+    assert (by_ids[valid] - sampled[valid]).abs().max() > 5e-3

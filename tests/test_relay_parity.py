@@ -14,7 +14,6 @@ import torch
 
 import relay_models as rm
 
-SLM_WRITES_A_COMMAND = {":": ["5"], "5": ["<call>"], "<call>": ["2"], "2": ["</call>"], "#": ["8"], "8": ["EOS"]}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def pair(tmp_path_factory):
     from relayllm.training.models.export import export
 
     root = tmp_path_factory.mktemp("parity")
-    slm_dir, llm_dir = rm.save_pair(root, SLM_WRITES_A_COMMAND)
+    slm_dir, llm_dir = rm.save_pair(root, rm.SLM_WRITES_A_COMMAND)
     slm_gguf = export(slm_dir, root, name="slm", quants=())["f16"]
     llm_gguf = export(llm_dir, root, name="llm", quants=())["f16"]
     server = ServerThread(LlamaCppBackend(str(llm_gguf)))
@@ -68,7 +67,12 @@ def test_an_slm_that_writes_a_command_mid_answer_through_the_sdk_and_a_real_clou
     assert context == prompt + ids(tok, "5") + kept + ids(tok, ";", "#", "8")
 
 
-def test_a_grpo_rollout_writes_what_the_edge_writes(pair):
+@pytest.mark.parametrize("engine", ["one", "group"])
+@pytest.mark.parametrize("command_context", ["keep", "drop"])
+def test_a_grpo_rollout_writes_what_the_edge_writes(pair, command_context, engine):
+    """Both command contexts (drop is the default relay SLM's), both rollout engines (one
+    sample on its own cache; a group on one padded batch): the edge's text, calls, LLM spans,
+    and the context the SLM went on from."""
     from relayllm.protos.grammar import remove_command_ids
     from relayllm.training.relay.grpo import RelayRollout
     from relayllm.training.relay.helper_llm import CloudLLM
@@ -77,16 +81,29 @@ def test_a_grpo_rollout_writes_what_the_edge_writes(pair):
     tok = pair["tok"]
     model = AutoModelForCausalLM.from_pretrained(pair["slm_dir"]).eval()
     helper = CloudLLM(pair["target"], tok)
+    prompt = tok.encode(rm.PROMPT, add_special_tokens=False)
     try:
-        rollout = RelayRollout(tok, helper, max_tokens=16, max_calls=2, temperature=0.0)
-        out = rollout.rollout_one(model, tok.encode(rm.PROMPT, add_special_tokens=False), torch.Generator())
+        rollout = RelayRollout(tok, helper, max_tokens=16, max_calls=2, temperature=0.0,
+                               command_context=command_context)
+        if engine == "one":
+            out = rollout.rollout_one(model, prompt, torch.Generator())
+        else:  # the same prompt three times in one batch: every row must be the edge's answer
+            group = rollout.rollout_group(model, [prompt] * 3, torch.Generator())
+            assert group[1:] == group[:1] * 2
+            out = group[0]
     finally:
         helper.close()
-    edge, _ = edge_answer(pair, "keep")
+    assert helper.stats.failures == 0
+    edge, edge_context = edge_answer(pair, command_context)
     completion, authors = out["completion_ids"], out["authors"]
     llm_span = tok.decode([t for t, a in zip(completion, authors) if a], skip_special_tokens=True)
     open_id, close_id = ids(tok, "<call>", "</call>")
     text = tok.decode(remove_command_ids(completion, open_id, close_id), skip_special_tokens=True)
-    assert text == edge.text
-    assert out["calls"] == edge.calls and out["requested"] == 2
+    assert text == edge.text == "5;#8"
+    assert out["calls"] == edge.calls == 1 and out["requested"] == 2
     assert [llm_span] == [t for author, t in edge.spans if author == "llm"]
+    # the SLM's context at the end: the command dropped exactly where the edge dropped it
+    dropped = [i for a, b in out["dropped"] for i in range(a, b + 1)]
+    context = prompt + [t for i, t in enumerate(completion) if i not in dropped and t != tok.eos_token_id]
+    assert context == edge_context
+    assert bool(out["dropped"]) == (command_context == "drop")

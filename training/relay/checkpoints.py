@@ -57,7 +57,13 @@ def load_checkpoint(path, *, what: str = "model"):
         model.is_quantized, model.hf_quantizer = False, None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+    rows = model.get_input_embeddings().weight.shape[0]
     add_command_tokens(tokenizer, model)
+    if kw or model.get_input_embeddings().weight.shape[0] != rows:
+        # the model in memory is no longer the one in `where` (dequantized, or new rows for the
+        # command tokens, initialised at random): nothing may load it from there again (TRL
+        # builds GRPO's KL reference from `_name_or_path`; grpo.make_trainer then saves this one)
+        model.config._name_or_path = ""
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set grpo.steps=5 (repeatable)")
     parser.add_argument("--seed", type=int, help="seed for every stage")
     parser.add_argument("--restart", action="store_true", help="ignore earlier checkpoints and start over")
+    parser.add_argument("--budget-minutes", type=float, metavar="M",
+                        help="GRPO: stop with a checkpoint after the first step past M minutes; run again to go on")
     parser.add_argument("--show-config", action="store_true", help="print every config key with its default and help")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -108,16 +110,22 @@ def run(args) -> int:
         print(f"warm-up: {summary['examples']} examples, {summary['calls']} commands, {summary['steps']} steps, "
               f"loss {summary['loss_first']} -> {summary['loss_last']} -> {done}")
     if "grpo" in stages:
-        from relayllm.training.relay.grpo import METRICS_FILE, run_grpo
+        from relayllm.training.relay.grpo import CUT_MARK, METRICS_FILE, run_grpo
 
         slm = cfg.grpo.input or (out / "warmup" if (out / "warmup" / "warmup_done.json").is_file() else cfg.slm)
         slm = _model(slm, "slm checkpoint")
         llm = _model(cfg.llm, "llm checkpoint", cloud_ok=True)
-        done = run_grpo(slm, llm, out / "grpo", cfg.grpo, questions=questions, **common)
+        done = run_grpo(slm, llm, out / "grpo", cfg.grpo, questions=questions,
+                        budget_minutes=getattr(args, "budget_minutes", None), **common)
         for x in (json.loads(line) for line in (done / METRICS_FILE).read_text().splitlines()):
             print(f"grpo step {x['step']}: reward {x.get('reward', 0):.3f} accuracy {x.get('relay/accuracy', 0):.2f} "
                   f"calls/sample {x.get('relay/calls_per_sample', 0):.2f} "
                   f"llm token ratio {x.get('relay/llm_token_ratio', 0):.3f} kl {x.get('kl', 0):.4f}")
+        if (done / CUT_MARK).is_file():
+            cut = json.loads((done / CUT_MARK).read_text())
+            print(f"grpo: cut by --budget-minutes at step {cut['step']} of {cut['steps']} (checkpoint in {done}); "
+                  f"run the same command again to go on")
+            return 0
         print(f"grpo: -> {done}")
     if "export" in stages:
         from relayllm.training.models import export

@@ -26,7 +26,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from relayllm.protos.protocol import COMMAND_CONTEXTS
+from relayllm.protos.protocol import COMMAND_CONTEXTS, EVAL_LIMITS, TRAIN_LIMITS
 from relayllm.training.data.prompts import DEFAULT_INSTRUCTION
 from relayllm.training.errors import TrainingError
 from relayllm.training.relay.rewards import REWARDS as REWARD_KINDS
@@ -114,10 +114,15 @@ class GrpoConfig:
     temperature: float = _f(1.0, "the SLM's sampling temperature in rollouts")
     llm_temperature: float = _f(0.0, "the helper LLM's sampling temperature: 0 = greedy, the same as the "
                                      "evaluation harness (one setting for training and evaluation)")
-    max_tokens: int = _f(64, "response tokens per rollout")
-    max_calls: int = _f(2, "calls per rollout at most (the reference: 2)")
+    max_tokens: int = _f(TRAIN_LIMITS.max_tokens, "response tokens per rollout; not the evaluation's "
+                         f"{EVAL_LIMITS.max_tokens} (protos/protocol.py TRAIN_LIMITS says why): a real pair's "
+                         f"answers need {EVAL_LIMITS.max_tokens}")
+    max_calls: int = _f(TRAIN_LIMITS.max_calls, "calls per rollout at most; the paper's training limit, not the "
+                        f"evaluation's {EVAL_LIMITS.max_calls} (protos/protocol.py TRAIN_LIMITS)")
     command_context: str = _f("keep", "'keep' (the paper's: a command stays in the SLM's context) or 'drop' "
                                       "(it leaves the context once the LLM wrote; docs/relay-protocol.md)")
+    rollout_batch_size: int = _f(0, "rollouts decoded together (one forward per step for all of them); "
+                                    "0: every rollout of a step at once")
     llm_solvable_only: bool = _f(True, "train on questions the in-process LLM solves greedily")
     save_steps: int = _f(10, "checkpoint every this many steps (resume point)")
 
@@ -129,6 +134,7 @@ class GrpoConfig:
         _need(self.group_size >= 2, "grpo", f"group_size must be at least 2 (GRPO compares a group), got {self.group_size}")
         _need(self.n_prompts is None or self.n_prompts >= 1, "grpo", f"n_prompts must be at least 1, got {self.n_prompts}")
         _need(self.max_calls >= 0, "grpo", f"max_calls must be >= 0, got {self.max_calls}")
+        _need(self.rollout_batch_size >= 0, "grpo", f"rollout_batch_size must be >= 0, got {self.rollout_batch_size}")
         _need(self.command_context in COMMAND_CONTEXTS, "grpo",
               f"command_context must be 'keep' or 'drop', got {self.command_context!r}")
         _need(self.lr > 0 and self.temperature > 0, "grpo", "lr and temperature must be > 0")

@@ -8,9 +8,12 @@ the device's view instead: an attention mask in which the tokens after a called 
 not see it, and position ids that continue as if it had never been written. The command's
 own tokens keep their context, so the decision to call and the N chosen get their gradient.
 
-Which commands were called is read from the token ids with the protocol's rule (a
-well-formed command, among the first `max_calls`, followed by at least one token): the
-rollout, the forward pass and the device agree on it (tests/test_grpo_drop.py).
+Which commands left the context is the rollout's record (RelayRollout.dropped_by_row, by
+the row's token ids), not a guess from the ids: a call that failed or brought nothing leaves
+its command in the context, as on the device, and the ids alone cannot tell that call from
+one that worked (tests/test_grpo_drop.py). Without a record (a view used on its own), the
+rule read from the ids is used: a well-formed command among the first `max_calls`,
+followed by at least one token.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from relayllm.protos.grammar import command_at_end_of_ids
+from relayllm.training.errors import TrainingError
 
 
 def called_commands(ids: list[int], open_id: int, close_id: int, decode, max_calls: int) -> list[tuple[int, int]]:
@@ -55,25 +59,36 @@ def drop_view(input_ids: torch.Tensor, attention_mask: torch.Tensor, spans: list
 
 
 class DropView:
-    """Wraps the policy (or the KL reference) for TRL's scoring pass: same call, the drop view."""
+    """Wraps the policy (or the KL reference) for TRL's scoring pass: same call, the drop view.
+    `dropped`: the rollout's record of the commands each row dropped (row ids -> (start, end)
+    spans); every row scored must be in it. None: the spans are read from the ids."""
 
-    def __init__(self, model, tokenizer, open_id: int, close_id: int, max_calls: int):
+    def __init__(self, model, tokenizer, open_id: int, close_id: int, max_calls: int, dropped: dict | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.open_id, self.close_id, self.max_calls = open_id, close_id, max_calls
+        self.dropped = dropped
 
     def around(self, model) -> "DropView":
         """The same view over another model (the policy, or the KL reference)."""
-        return DropView(model, self.tokenizer, self.open_id, self.close_id, self.max_calls)
+        return DropView(model, self.tokenizer, self.open_id, self.close_id, self.max_calls, self.dropped)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
+    def spans(self, row: list[int]) -> list[tuple[int, int]]:
+        """The commands of one row (its ids, padding removed) that left the context."""
+        if self.dropped is None:
+            return called_commands(row, self.open_id, self.close_id, self.tokenizer.decode, self.max_calls)
+        try:
+            return self.dropped[tuple(row)]
+        except KeyError:
+            raise TrainingError("drop view: a scored row that no rollout of this generation wrote "
+                                "(its dropped commands are unknown)") from None
+
     def __call__(self, input_ids, attention_mask, **kwargs):
         rows = [[int(x) for x, m in zip(r, a) if m] for r, a in zip(input_ids.tolist(), attention_mask.tolist())]
         offsets = [int((a == 0).sum()) if a[0] == 0 else 0 for a in attention_mask]  # left padding
-        spans = [[(s + off, e + off) for s, e in called_commands(r, self.open_id, self.close_id,
-                                                                 self.tokenizer.decode, self.max_calls)]
-                 for r, off in zip(rows, offsets)]
+        spans = [[(s + off, e + off) for s, e in self.spans(r)] for r, off in zip(rows, offsets)]
         mask, positions = drop_view(input_ids, attention_mask, spans)
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **kwargs)
 

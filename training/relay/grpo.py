@@ -19,116 +19,221 @@ sample, call ratio, LLM token ratio, KL, and TRL's own figures.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from relayllm.protos.grammar import command_at_end_of_ids
-from relayllm.protos.protocol import call_size, check_command_context, drops_command
+from relayllm.protos.protocol import EVAL_LIMITS, TRAIN_LIMITS, call_size, check_command_context, drops_command
 from relayllm.training.errors import TrainingError
+from relayllm.training.relay.batched_decode import PaddedBatch
 from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
 from relayllm.training.relay.config import GrpoConfig
 from relayllm.training.relay.helper_llm import CloudLLM, LocalLLM
 from relayllm.training.relay.rewards import REWARDS, Rollout, group_rewards
 
 DONE_MARK = "grpo_done.json"
+CUT_MARK = "grpo_cut.json"  # stopped by the time budget: run again to go on
 METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class _Sample:
+    """One rollout while it is written: what `rollout_one` and `rollout_group` share."""
+
+    prompt: list[int]
+    key: int = 0  # the helper's session for this sample
+    completion: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
+    authors: list[int] = field(default_factory=list)  # 1 = the LLM wrote it
+    calls: int = 0
+    requested: int = 0  # the N the SLM asked for, summed over its commands
+    llm_tokens: int = 0
+    dropped: list[tuple[int, int]] = field(default_factory=list)  # completion (start, end) of commands that left
+    before_command: torch.Tensor | None = None  # the logits the SLM wrote its last `<call>` from
+    done: bool = False
+
+    def result(self) -> dict:
+        return {"completion_ids": self.completion, "logprobs": self.logps, "authors": self.authors,
+                "calls": self.calls, "requested": self.requested, "dropped": self.dropped}
+
+
+@dataclass
+class _Step:
+    """What a sample feeds the SLM after one sampled token: `cut` tokens leave the end of its
+    context first (a dropped command), then `feed`; `written` are the LLM's tokens in it."""
+
+    feed: list[int]
+    written: list[int]
+    cut: int = 0
+    first_row: torch.Tensor | None = None  # a dropped command's first LLM token: the logits before `<call>`
 
 
 class RelayRollout:
     """`rollout_func` for GRPOTrainer: one relay rollout per prompt it is given (TRL already
-    repeats each prompt `num_generations` times, consecutively)."""
+    repeats each prompt `num_generations` times, consecutively), decoded `batch_size` at a
+    time (0: all of them) by `rollout_group`."""
 
-    def __init__(self, tokenizer, helper, *, max_tokens: int = 64, max_calls: int = 2, temperature: float = 1.0,
-                 mask_llm_tokens: bool = True, seed: int = 0, rollout_threads: int | None = None,
-                 command_context: str = "keep"):
+    def __init__(self, tokenizer, helper, *, max_tokens: int = TRAIN_LIMITS.max_tokens,
+                 max_calls: int = TRAIN_LIMITS.max_calls, temperature: float = 1.0, mask_llm_tokens: bool = True,
+                 seed: int = 0, rollout_threads: int | None = None, command_context: str = "keep",
+                 batch_size: int = 0):
         self.tokenizer, self.helper = tokenizer, helper
-        # CPU rollouts: 1 thread (see __call__); on a GPU the thread count does not matter
-        self.rollout_threads = rollout_threads if rollout_threads is not None else (
-            0 if torch.cuda.is_available() else 1)
+        # None: on a CPU, 1 thread for a tiny model (see __call__), every thread for a real one
+        self.rollout_threads = rollout_threads
         self.max_tokens, self.max_calls, self.temperature = max_tokens, max_calls, temperature
-        self.mask_llm_tokens, self.seed = mask_llm_tokens, seed
+        self.mask_llm_tokens, self.seed, self.batch_size = mask_llm_tokens, seed, batch_size
         self.command_context = check_command_context(command_context)
         self.open_id, self.close_id = add_command_tokens(tokenizer)
         self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        # the commands each rollout of the last generation dropped, by its token ids: the drop
+        # view of the scoring pass reads them here rather than guessing from the ids
+        # (training/relay/drop_context.py)
+        self.dropped_by_row: dict[tuple[int, ...], list[tuple[int, int]]] = {}
 
+    # -- the protocol, one sampled token at a time (both engines) ---------------------------
+    def _next(self, s: _Sample, logits: torch.Tensor, generator: torch.Generator) -> _Step | None:
+        """Sample the SLM's next token from `logits` and take the protocol's decisions
+        (protos/protocol.py, as on the device); None when the sample ended (EOS)."""
+        temperature = self.temperature or 1.0
+        logp = torch.log_softmax(logits.float() / temperature, -1)
+        if self.temperature == 0:
+            token = int(logp.argmax())
+        else:
+            token = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))  # CPU generator
+        s.completion.append(token)
+        s.logps.append(float(logp[token]))
+        s.authors.append(0)
+        if token == self.eos:
+            s.done = True
+            return None
+        if token == self.open_id:
+            s.before_command = logits
+        asked = command_at_end_of_ids(s.completion, self.open_id, self.close_id, self.tokenizer.decode) \
+            if token == self.close_id else None
+        n = call_size(asked, calls=s.calls, max_calls=self.max_calls, llm_tokens=s.llm_tokens,
+                      max_llm_tokens=self.max_tokens, total_tokens=len(s.completion),
+                      max_total_tokens=self.max_tokens) if asked else 0
+        # the call-ratio penalty is on the N the SLM asked for (design: sum of requested N /
+        # length), not on the n the limits let through, served or not: a capped or refused
+        # command must not look cheaper to the policy than it is where the limits are wider
+        s.requested += asked or 0
+        if n <= 0:
+            return _Step([token], [])
+        written = self.helper.continue_ids(s.prompt + s.completion, n, generator=generator, key=s.key)
+        s.calls += 1
+        s.llm_tokens += len(written)
+        if not drops_command(self.command_context, len(written)):
+            return _Step([token] + written, written)  # kept (or a call that brought nothing: it stays)
+        # as on the device: the command leaves the context, the LLM's tokens take its place
+        start = len(s.completion) - 1 - s.completion[::-1].index(self.open_id, 1)
+        s.dropped.append((start, len(s.completion) - 1))
+        # the command's tokens in the context: `<call>` and N's digits (`</call>` was never fed)
+        return _Step(written, written, cut=len(s.completion) - 1 - start, first_row=s.before_command)
+
+    def _take(self, s: _Sample, step: _Step, chunk: torch.Tensor) -> None:
+        """After the forward over `step.feed` (`chunk`: its logits, one row per fed token):
+        the LLM's tokens join the completion with the policy's log-probs of them. Row i of the
+        chunk predicts feed[i + 1]; a dropped command's first LLM token follows the context
+        from before the command."""
+        temperature = self.temperature or 1.0
+        offset = len(step.feed) - len(step.written)  # 1 when `</call>` was fed first (kept)
+        for i, w in enumerate(step.written):
+            row = step.first_row if (step.first_row is not None and i == 0) else chunk[i + offset - 1]
+            s.completion.append(w)
+            s.logps.append(float(torch.log_softmax(row.float() / temperature, -1)[w]))
+            s.authors.append(1)
+        if (step.written and step.written[-1] == self.eos) or len(s.completion) >= self.max_tokens:
+            s.done = True  # the LLM ended the answer, or the budget is spent
+
+    # -- engine 1: one sample, its own KV cache (the reference the batched engine is held to)
     @torch.no_grad()
     def rollout_one(self, model, prompt_ids: list[int], generator: torch.Generator) -> dict:
-        """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls.
-        Every protocol decision (how many tokens a call gets, whether the command leaves the
-        context) is protos/protocol.py's, as on the device; temperature 0 is greedy (the
-        parity test compares it with the edge)."""
-        completion, logps, authors = [], [], []
-        calls = requested = llm_tokens = 0
-        temperature = self.temperature or 1.0
-        self.helper.new_sample()
-        res = model(input_ids=torch.tensor([prompt_ids], device=model.device), use_cache=True)
+        """One sample: completion ids, the policy's log-probs, authors (1 = LLM), calls, the
+        dropped commands. Temperature 0 is greedy (the parity test compares it with the edge)."""
+        s = _Sample(list(prompt_ids))
+        self.helper.new_sample(s.key)
+        res = model(input_ids=torch.tensor([s.prompt], device=model.device), use_cache=True)
         cache, logits = res.past_key_values, res.logits[0, -1]
-        before_command = None  # the logits the SLM wrote its last `<call>` from
-        while len(completion) < self.max_tokens:
-            logp = torch.log_softmax(logits.float() / temperature, -1)
-            if self.temperature == 0:
-                token = int(logp.argmax())
-            else:
-                token = int(torch.multinomial(logp.exp().cpu(), 1, generator=generator))  # CPU generator
-            completion.append(token)
-            logps.append(float(logp[token]))
-            authors.append(0)
-            if token == self.eos:
+        while len(s.completion) < self.max_tokens:
+            step = self._next(s, logits, generator)
+            if step is None:
                 break
-            if token == self.open_id:
-                before_command = logits
-            asked = command_at_end_of_ids(completion, self.open_id, self.close_id, self.tokenizer.decode) \
-                if token == self.close_id else None
-            n = call_size(asked, calls=calls, max_calls=self.max_calls, llm_tokens=llm_tokens,
-                          max_llm_tokens=self.max_tokens, total_tokens=len(completion),
-                          max_total_tokens=self.max_tokens) if asked else 0
-            feed, written, first_row = [token], [], None
-            if n > 0:
-                written = self.helper.continue_ids(prompt_ids + completion, n, generator=generator)
-                calls += 1
-                requested += n
-                llm_tokens += len(written)
-                if drops_command(self.command_context, len(written)):
-                    # as on the device: the command leaves the context, the LLM's tokens take its place
-                    start = len(completion) - 1 - completion[::-1].index(self.open_id)
-                    cache.crop(-(len(completion) - 1 - start))  # the command's tokens in the cache (not `</call>` yet)
-                    feed, first_row = written, before_command
-                else:
-                    feed = feed + written
-            res = model(input_ids=torch.tensor([feed], device=model.device), past_key_values=cache, use_cache=True)
+            if step.cut:
+                cache.crop(-step.cut)
+            res = model(input_ids=torch.tensor([step.feed], device=model.device), past_key_values=cache,
+                        use_cache=True)
             cache = res.past_key_values
-            # the policy's log-prob of each LLM token: row i of the chunk predicts feed[i + 1]; a
-            # dropped command's first LLM token follows the context from before the command
-            for i, w in enumerate(written):
-                row = res.logits[0, i] if first_row is None else (first_row if i == 0 else res.logits[0, i - 1])
-                completion.append(w)
-                logps.append(float(torch.log_softmax(row.float() / temperature, -1)[w]))
-                authors.append(1)
-            if written and written[-1] == self.eos:
-                break  # the LLM ended the answer
+            self._take(s, step, res.logits[0])
+            if s.done:
+                break
             logits = res.logits[0, -1]
-        return {"completion_ids": completion, "logprobs": logps, "authors": authors, "calls": calls,
-                "requested": requested}
+        self.helper.end_sample(s.key)
+        return s.result()
+
+    # -- engine 2: a group of samples, one forward per step for all of them ----------------
+    @torch.no_grad()
+    def rollout_group(self, model, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
+        """`rollout_one` for many samples at once (training/relay/batched_decode.py: one KV
+        cache, a padded chunk per step, masks for padding and dropped commands): greedy, it
+        writes what `rollout_one` writes, token for token (tests/test_grpo_batched.py)."""
+        samples = [_Sample(list(p), key=i) for i, p in enumerate(prompts)]
+        for s in samples:
+            self.helper.new_sample(s.key)
+        batch = PaddedBatch(model, len(samples), self.pad)
+        chunks = batch.forward({i: s.prompt for i, s in enumerate(samples)}, keep=1)
+        last = {i: c[-1] for i, c in chunks.items()}
+        while True:
+            steps = {}
+            for i, s in enumerate(samples):
+                if s.done:
+                    continue
+                step = self._next(s, last[i], generator)
+                if step is None:
+                    self.helper.end_sample(s.key)
+                    batch.finish(i)
+                    continue
+                if step.cut:
+                    batch.cut(i, step.cut)
+                steps[i] = step
+            if not steps:
+                break
+            chunks = batch.forward({i: st.feed for i, st in steps.items()},
+                                   keep=max(len(st.feed) for st in steps.values()))
+            for i, st in steps.items():
+                self._take(samples[i], st, chunks[i])
+                last[i] = chunks[i][-1]
+                if samples[i].done:
+                    self.helper.end_sample(samples[i].key)
+                    batch.finish(i)
+        return [s.result() for s in samples]
 
     def __call__(self, prompts: list[str], trainer) -> dict:
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         model.eval()
         generator = torch.Generator().manual_seed(self.seed * 100_003 + trainer.state.global_step)
-        # one token at a time on a tiny model is all overhead: on a CPU one thread is many
-        # times faster than several fighting over busy cores (measured: 24 ms -> 1 ms a step)
+        # a tiny model's steps are all overhead: on a CPU one thread is many times faster than
+        # several fighting over busy cores (measured: 24 ms -> 1 ms a step); a real one wants them all
         threads = torch.get_num_threads()
-        if self.rollout_threads:
-            torch.set_num_threads(self.rollout_threads)
+        wanted = self.rollout_threads
+        if wanted is None and not torch.cuda.is_available():
+            wanted = 1 if sum(p.numel() for p in model.parameters()) < 50_000_000 else 0
+        if wanted:
+            torch.set_num_threads(wanted)
         out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "relay_calls": [], "relay_requested": [],
                "relay_llm_tokens": []}
         masks = []
+        self.dropped_by_row.clear()  # in place: the drop view holds this dict
         try:
-            for prompt in prompts:
-                p_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-                r = self.rollout_one(model, p_ids, generator)
+            ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+            size = self.batch_size or len(ids)
+            results = []
+            for at in range(0, len(ids), size):
+                results += self.rollout_group(model, ids[at: at + size], generator)
+            for p_ids, r in zip(ids, results):
                 out["prompt_ids"].append(p_ids)
                 out["completion_ids"].append(r["completion_ids"])
                 out["logprobs"].append(r["logprobs"])
@@ -136,6 +241,8 @@ class RelayRollout:
                 out["relay_requested"].append(r["requested"])
                 out["relay_llm_tokens"].append(sum(r["authors"]))
                 masks.append([1 - a for a in r["authors"]])
+                self.dropped_by_row[tuple(p_ids + r["completion_ids"])] = [
+                    (len(p_ids) + a, len(p_ids) + b) for a, b in r["dropped"]]
         finally:
             model.train(was_training)
             torch.set_num_threads(threads)
@@ -189,6 +296,28 @@ def _metrics_callback(path: Path):
     return MetricsJsonl()
 
 
+def _budget_callback(minutes: float):
+    """Stops training at the end of the first step past `minutes` of wall time, with a
+    checkpoint there: the next run resumes from it and writes the same next step as a run
+    that was never cut (tests/test_grpo.py)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Budget(TrainerCallback):
+        def __init__(self):
+            self.started = time.monotonic()
+            self.cut_at = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.started >= minutes * 60 and state.global_step < state.max_steps:
+                control.should_save = control.should_training_stop = True
+                self.cut_at = state.global_step
+            return control
+
+    return Budget()
+
+
 def _truncate_metrics(path: Path, upto_step: int) -> None:
     """On resume: drop the lines of steps after the checkpoint (they are run again)."""
     if path.is_file():
@@ -215,8 +344,9 @@ def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable
 def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, group_size: int = 8,
                  prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
                  lr: float = 1e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
-                 max_tokens: int = 64, max_calls: int = 2, seed: int = 0, progress: bool = True, save_steps: int = 10,
-                 grader=None, command_context: str = "keep"):
+                 max_tokens: int = TRAIN_LIMITS.max_tokens, max_calls: int = TRAIN_LIMITS.max_calls, seed: int = 0,
+                 progress: bool = True, save_steps: int = 10, grader=None, command_context: str = "keep",
+                 rollout_batch_size: int = 0, callbacks=()):
     """TRL GRPOTrainer with the relay rollout and reward (CPU when there is no GPU)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -236,16 +366,18 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     )
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in pairs])
     rollout = RelayRollout(tokenizer, helper, max_tokens=max_tokens, max_calls=max_calls, temperature=temperature,
-                           mask_llm_tokens=mask_llm_tokens, seed=seed, command_context=command_context)
+                           mask_llm_tokens=mask_llm_tokens, seed=seed, command_context=command_context,
+                           batch_size=rollout_batch_size)
     trainer_class = GRPOTrainer
     if command_context == "drop":  # TRL's scoring pass must see the commands dropped, as the rollout did
         from relayllm.training.relay.drop_context import DropView, drop_context_trainer_class
 
         trainer_class = drop_context_trainer_class()
-        trainer_class.relay_view = DropView(None, tokenizer, rollout.open_id, rollout.close_id, max_calls)
+        trainer_class.relay_view = DropView(None, tokenizer, rollout.open_id, rollout.close_id, max_calls,
+                                            dropped=rollout.dropped_by_row)
     trainer = trainer_class(model=model, reward_funcs=[RelayReward(reward, lam, grader)], args=args, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout,
-                          callbacks=[_metrics_callback(out_dir / METRICS_FILE)])
+                          callbacks=[_metrics_callback(out_dir / METRICS_FILE), *callbacks])
     return trainer
 
 
@@ -261,13 +393,17 @@ def make_helper(llm, tokenizer, *, temperature: float = 0.7):
 
 
 def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=None, rows=None, seed: int = 0,
-             progress: bool = True, resume: bool = True, **fields) -> Path:
+             progress: bool = True, resume: bool = True, budget_minutes: float | None = None, **fields) -> Path:
     """GRPO on the SLM at `slm` (HF folder, e.g. the warm-up's output) with the helper LLM
     `llm` (HF folder for in process, or "grpc://host:port" for the cloud service). The
     trained checkpoint goes to `out_dir` (returned), with `metrics.jsonl` (one line per step).
     `config`: training/relay/config.py GrpoConfig (`fields` override its keys); the
     questions: a QuestionSet (`questions`, graded by its grader), task rows, or by default
     the built-in task's train split.
+
+    Checkpoints every `save_steps`; a run resumes from the last one. `budget_minutes`: stop
+    (with a checkpoint) at the end of the first step past that much wall time; the folder then
+    has CUT_MARK instead of DONE_MARK, and the next run goes on from there.
 
     `lr` and `steps` default to values for the project's tiny models (8-15 s a step on 2
     busy CPU cores); the reference: lr 1e-6 on 1.7B, KL 1e-2, clip 0.2, 8 samples a prompt.
@@ -302,17 +438,28 @@ def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=N
                            mask_llm_tokens=c.mask_llm_tokens, lr=c.lr, kl=c.kl, clip=c.clip,
                            temperature=c.temperature, max_tokens=c.max_tokens, max_calls=c.max_calls, seed=seed,
                            progress=progress, save_steps=c.save_steps, grader=grader,
-                           command_context=c.command_context)
+                           command_context=c.command_context, rollout_batch_size=c.rollout_batch_size)
+    budget = _budget_callback(budget_minutes) if budget_minutes is not None else None
+    if budget is not None:
+        trainer.add_callback(budget)
+    (out_dir / CUT_MARK).unlink(missing_ok=True)
     try:
         trainer.train(resume_from_checkpoint=last)
     finally:
         if isinstance(helper, CloudLLM):
             helper.close()
+    if budget is not None and budget.cut_at is not None:
+        (out_dir / CUT_MARK).write_text(json.dumps({"step": budget.cut_at, "steps": c.steps,
+                                                    "budget_minutes": budget_minutes, "resumed_from": last}))
+        return out_dir
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     summary = {"steps": trainer.state.global_step, "reward": c.reward, "mask_llm_tokens": c.mask_llm_tokens,
                "helper_calls": helper.stats.calls, "helper_tokens": helper.stats.tokens, "resumed_from": last,
                "group_size": c.group_size, "prompts_per_step": c.prompts_per_step, "lr": c.lr, "kl": c.kl,
-               "seed": seed, "config": asdict(c)}
+               "seed": seed, "config": asdict(c),
+               # what the rollouts ran under, beside what the evaluation harness runs (protos/protocol.py)
+               "limits": {"training": {"max_calls": c.max_calls, "max_tokens": c.max_tokens},
+                          "evaluation": asdict(EVAL_LIMITS)}}
     (out_dir / DONE_MARK).write_text(json.dumps(summary, indent=1))
     return out_dir

@@ -3,7 +3,8 @@
 In process (an HF model, LocalLLM) or through the project's gRPC cloud
 (relayllm.edge.client.CloudClient, CloudLLM). Both get the context with every command
 removed, as a raw completion, exactly as at inference. Used by GRPO's rollouts
-(training/relay/grpo.py); the warm-up runs the LLM directly.
+(training/relay/grpo.py), which decode many samples at once: each sample is a `key`, and
+the cloud keeps one session (one KV cache) per sample; the warm-up runs the LLM directly.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ class LocalLLM:
         self.model, self.tokenizer, self.temperature = model, tokenizer, temperature
         self.open_id, self.close_id = add_command_tokens(tokenizer)
         self.stats = HelperStats()
-        self._session = None
 
-    def new_sample(self) -> None:
+    def new_sample(self, key=0) -> None:
         """A rollout starts (nothing to do in process)."""
 
+    def end_sample(self, key=0) -> None:
+        """A rollout ended (nothing to do in process)."""
+
     @torch.no_grad()
-    def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
+    def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None,
+                     key=0) -> list[int]:
         """Up to `n` tokens continuing `context` (commands removed first); stops after EOS."""
         ctx = remove_command_ids(context, self.open_id, self.close_id)
         eos = self.tokenizer.eos_token_id
@@ -62,7 +66,8 @@ class LocalLLM:
 
 class CloudLLM:
     """The LLM behind the project's gRPC cloud (relayllm.edge.client.CloudClient), in token
-    mode: both sides share the tokenizer. One cloud session per rollout (KV reuse)."""
+    mode: both sides share the tokenizer. One cloud session per rollout (KV reuse), keyed by
+    the rollout's `key` while a group of rollouts is decoded together."""
 
     def __init__(self, target_or_client, tokenizer, *, temperature: float = 0.0, deadline_s: float = 30.0):
         from relayllm.edge.client import CloudClient
@@ -72,27 +77,32 @@ class CloudLLM:
         self.tokenizer, self.temperature = tokenizer, temperature
         self.open_id, self.close_id = add_command_tokens(tokenizer)
         self.stats = HelperStats()
-        self._session = None
+        self._sessions: dict = {}
 
-    def new_sample(self) -> None:
+    def new_sample(self, key=0) -> None:
         """A rollout starts: its calls share one cloud session (the cloud reuses its KV
         cache); the session is opened at the rollout's first call."""
-        if self._session is not None:
-            self._session.end()
-        self._session = None
+        self.end_sample(key)
 
-    def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None) -> list[int]:
+    def end_sample(self, key=0) -> None:
+        """A rollout ended: its cloud session (if it called) ends, and the cloud frees its KV."""
+        session = self._sessions.pop(key, None)
+        if session is not None:
+            session.end()
+
+    def continue_ids(self, context: list[int], n: int, *, generator: torch.Generator | None = None,
+                     key=0) -> list[int]:
         """Up to `n` tokens from the cloud; on a cloud failure, whatever arrived (maybe none),
         and the rollout goes on with the SLM alone, as the edge SDK does."""
         from relayllm.edge.client import CloudError
 
         ctx = remove_command_ids(context, self.open_id, self.close_id)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
-        if self._session is None:
-            self._session = self.client.session()
+        if key not in self._sessions:
+            self._sessions[key] = self.client.session()
         out: list[int] = []
         try:
-            for piece in self._session.help(tokens=ctx, max_tokens=n, temperature=self.temperature, seed=seed):
+            for piece in self._sessions[key].help(tokens=ctx, max_tokens=n, temperature=self.temperature, seed=seed):
                 out.append(piece.token_id)
         except CloudError:
             self.stats.failures += 1
@@ -101,7 +111,6 @@ class CloudLLM:
         return out
 
     def close(self):
-        if self._session is not None:
-            self._session.end()
-            self._session = None
+        for key in list(self._sessions):
+            self.end_sample(key)
         self.client.close()

@@ -12,7 +12,9 @@ prompt; the reference decides the case over the whole batch, which is a bug):
 
 "simple": accuracy - lam * call_ratio, per sample.
 
-call_ratio = sum of the requested N / response length, capped at 1.
+call_ratio = sum of the requested N / response length, capped at 1. The requested N is
+what the SLM wrote in its commands (grpo.py RelayRollout), not what the limits let the
+LLM write: a command capped by the budget, or refused for want of calls, costs what it asked.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ REWARDS = ("table", "simple")
 class Rollout:
     correct: bool
     calls: int  # commands that asked for at least one token
-    requested: int  # sum of the requested N
+    requested: int  # sum of the N the SLM asked for (every command; not capped by the limits)
     length: int  # response length in tokens (all authors)
 
     @property
