@@ -56,16 +56,37 @@ def test_cost_saved_vs_random_router_only_from_measured_points():
     assert cost.saved is None and cost.random_ratio is None and cost.note.startswith("never reached")
 
 
-def test_query_router_reuses_slm_and_llm_records_for_an_exact_share():
+def test_random_query_split_reuses_slm_and_llm_records_for_an_exact_share():
     slm = E.ModeRun("slm", None, [rec(i, False, 10, 0) for i in range(10)], 1)
     llm = E.ModeRun("llm", None, [rec(i, True, 0, 20, calls=1) for i in range(10)], 1)
-    q = E.query_router_run(slm, llm, share=0.3, seed=1)
+    q = E.random_query_split_run(slm, llm, share=0.3, seed=1)
     assert sum(r.routed_to == "llm" for r in q.records) == 3
     assert q.accuracy == pytest.approx(0.3)
     assert q.llm_token_ratio == pytest.approx(60 / (60 + 70))
-    assert [r.routed_to for r in q.records] == [r.routed_to for r in E.query_router_run(slm, llm, 0.3, seed=1).records]
-    assert E.query_router_run(slm, llm, 0.0).llm_token_ratio == 0.0
-    assert E.query_router_run(slm, llm, 1.0).accuracy == 1.0
+    assert [r.routed_to for r in q.records] == [r.routed_to for r in E.random_query_split_run(slm, llm, 0.3, seed=1).records]
+    assert E.random_query_split_run(slm, llm, 0.0).llm_token_ratio == 0.0
+    assert E.random_query_split_run(slm, llm, 1.0).accuracy == 1.0
+    # named for what it is wherever a reader sees it: no router chooses the questions
+    assert q.mode == "query" and q.label == "random query split share=0.3"
+    assert "router" not in q.label
+
+
+def test_chosen_only_where_the_rule_chose_among_admissible_settings():
+    def run(mode, setting, correct, llm):
+        return E.ModeRun(mode, setting, [rec(0, correct, 10 - llm, llm), rec(1, False, 10, 0)], 1, "s")
+
+    # two settings under the 15% cap: the rule chose the more accurate one
+    c = E.choose([run("confidence", 0.3, False, 1), run("confidence", 0.5, True, 2)])
+    assert (c.setting, c.admissible, c.tried, c.chose, c.mark) == (0.5, 2, 2, True, " (chosen)")
+    # every setting above the cap (the random query split's shares: 25% and more of the questions):
+    # the lowest ratio is taken, and the row must not say chosen
+    c = E.choose([run("query", 0.25, True, 5), run("query", 0.5, True, 8)])
+    assert (c.setting, c.admissible, c.chose) == (0.25, 0, False)
+    assert "chosen" not in c.mark and "none under the cap" in c.mark
+    # a lone setting: nothing to choose among
+    c = E.choose([run("relay", None, True, 1)])
+    assert (c.tried, c.chose, c.mark) == (1, False, "")
+    assert E.choose([run("x", 0.1, True, 1), run("x", 0.2, True, 9)]).chose  # one under the cap of two
 
 
 # --------------------------------------------------------------------------------------------

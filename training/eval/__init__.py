@@ -1,6 +1,7 @@
 """The evaluation harness: one table of accuracy and LLM token ratio for every mode.
 
-    modes.py    the modes (slm, llm, relay, random, query, confidence, r2r, citer) and their settings
+    modes.py    the modes (slm, llm, relay, random, query = the random query split, confidence, r2r,
+                citer) and their settings
     runner.py   the Evaluator: answers questions in a mode through the edge SDK; a cloud on loopback
     records.py  per-question records and per-mode runs (LLM token ratio, empty / cut answers)
     report.py   JSON per mode, results.md (the table's columns are described there), gap recovered
@@ -24,7 +25,7 @@ from relayllm.training.eval.modes import (
     LEARNED_ROUTER_MODES,
     MODES,
     SWEPT_MODES,
-    query_router_run,
+    random_query_split_run,
     run_named_mode,
 )
 from relayllm.training.eval.costs import LINK_RTT_S, cost_figures, wall_with_link_per_answer
@@ -59,7 +60,7 @@ __all__ = [
     "RATIO_CAP", "SWEPT_MODES", "TABLE_FILE", "Choice", "CloudUsage", "CostSaved", "DataError", "EvalError",
     "Evaluator", "Example", "ModeRun", "QuestionRecord", "builtin_examples", "choose", "chosen_run", "cost_figures",
     "fmt_accuracy", "fmt_fraction", "gap_recovered", "llm_token_ratio", "load_jsonl", "local_cloud", "make_grader",
-    "markdown_table", "query_router_run", "read_runs", "record_from_result", "row_figures", "rule_text", "run_mode",
+    "markdown_table", "random_query_split_run", "read_runs", "record_from_result", "row_figures", "rule_text", "run_mode",
     "run_named_mode", "saved_vs_random", "sweep_until", "tally_stream", "text_table", "wall_with_link_per_answer",
     "wilson_interval", "write_mode_json", "write_report",
 ]

@@ -9,9 +9,12 @@ the Help RPC, the fallback and the counters; training/eval/runner.py):
               `call_threshold` (the SLM writes `<call>` where its P(<call>) reaches it);
 - random:     a random token router sending a share p of tokens to the LLM (a sweep over p
               gives a curve; the demo includes relay's own ratio);
-- query:      a query-level router sending a random share of whole questions to the LLM
-              (decoding is greedy, so a routed question's answer *is* the llm mode's answer
-              and an unrouted one the slm mode's: the records are reused, not recomputed);
+- query:      the random query split (named so in tables, records.MODE_NAMES): a random
+              share of whole questions goes to the LLM, the rest to the SLM. No router is
+              trained or asked (unlike RouteLLM's, which learns which questions the SLM
+              fails): it is the query-level counterpart of the random token router, a
+              baseline. Decoding is greedy, so a question sent to the LLM gets the llm mode's
+              answer and one kept the slm mode's: the records are reused, not recomputed;
 - confidence: a token goes to the LLM when the SLM's top probability is below a threshold;
 - r2r, citer: a learned ONNX token router (edge/token_router.py) fires when its p_llm is at
               or above a threshold (a curve over thresholds).
@@ -34,17 +37,17 @@ DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7)  # confidence, r2r, citer
 DEFAULT_QUERY_SHARES = (0.25, 0.5, 0.75)
 
 
-def query_router_run(slm_run: ModeRun, llm_run: ModeRun, share: float, seed: int = 0) -> ModeRun:
-    """A query-level router sending a random `share` of whole questions to the LLM.
+def random_query_split_run(slm_run: ModeRun, llm_run: ModeRun, share: float, seed: int = 0) -> ModeRun:
+    """The random query split: a random `share` of whole questions to the LLM (no router).
 
     Decoding is greedy, so a question sent to the LLM gets exactly the llm mode's answer and
     one kept on the device the slm mode's: the router's records are those, picked per
     question. Exactly round(share * n) questions go to the LLM, chosen at random by `seed`.
     """
     if slm_run.n != llm_run.n:
-        raise EvalError("query router: slm and llm runs must cover the same questions")
+        raise EvalError("random query split: slm and llm runs must cover the same questions")
     if not 0.0 <= share <= 1.0:
-        raise EvalError(f"query router: share must be in [0, 1], got {share}")
+        raise EvalError(f"random query split: share must be in [0, 1], got {share}")
     n = slm_run.n
     to_llm = set(random.Random(seed).sample(range(n), round(share * n)))
     records = []

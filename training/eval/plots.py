@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from relayllm.training.eval.records import MODE_NAMES
+
 # Stable colours per mode so every plot of the project reads the same.
 MODE_COLOURS = {
     "slm": "tab:gray",
@@ -58,7 +60,7 @@ def plot_accuracy_vs_ratio(points: Mapping[str, Iterable[tuple[float, float]]], 
                 ax.annotate(f"{mode} {ys[0]:.0f}%", (xs[0], ys[0]), textcoords="offset points",
                             xytext=(6, 6), fontsize=8)
             else:
-                ax.plot(xs, ys, marker="o", markersize=4, color=colour, label=mode, zorder=3)
+                ax.plot(xs, ys, marker="o", markersize=4, color=colour, label=MODE_NAMES.get(mode, mode), zorder=3)
         ax.set_xscale("symlog", linthresh=1.0)  # linear below 1%, logarithmic above
         top = max((r for pts in points.values() for r, _ in pts), default=1.0)
         ax.set_xlim(left=0, right=max(150.0, top * 150))

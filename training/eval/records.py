@@ -25,6 +25,9 @@ from typing import Callable, Iterable
 from relayllm.training.data.benchmark import Example
 
 Grader = Callable[[str, str], bool]  # (response, gold answer) -> correct
+# How a mode is named in tables and logs where its key would overstate it: "query" sends a
+# random share of whole questions to the LLM; no router learns which (training/eval/modes.py).
+MODE_NAMES = {"query": "random query split"}
 
 
 @dataclass
@@ -42,7 +45,7 @@ class QuestionRecord:
     wall_s: float
     degraded: bool = False
     degraded_reasons: list[str] = field(default_factory=list)
-    routed_to: str | None = None  # query router: "llm" or "slm"
+    routed_to: str | None = None  # random query split: "llm" or "slm"
     prompt: str = ""  # the prompt as sent to the SLM (chat template applied, when one was)
     finish_reason: str = ""  # why the answer ended: "eos", "length" (the token budget), "context"
     cloud_prefilled: int = 0  # tokens the cloud evaluated for its calls (usage.prefilled_tokens)
@@ -149,9 +152,10 @@ class ModeRun:
 
     @property
     def label(self) -> str:
+        name = MODE_NAMES.get(self.mode, self.mode)
         if self.setting is None:
-            return self.mode
-        return f"{self.mode} {self.setting_name or 'setting'}={self.setting:g}"
+            return name
+        return f"{name} {self.setting_name or 'setting'}={self.setting:g}"
 
     def summary(self) -> dict:
         return {

@@ -36,6 +36,23 @@ class Choice:
     validation_accuracy: float
     validation_ratio: float
     reason: str
+    admissible: int = 0  # settings at or under the cap, among...
+    tried: int = 0       # ...the settings tried
+
+    @property
+    def chose(self) -> bool:
+        """The rule chose among admissible settings: two or more were tried, one or more under
+        the cap. A lone setting, or the lowest ratio when none is under the cap, is not a choice."""
+        return self.tried >= 2 and self.admissible >= 1
+
+    @property
+    def mark(self) -> str:
+        """What a table row at this setting says about it: " (chosen)" only when `chose`."""
+        if self.chose:
+            return " (chosen)"
+        if self.tried and not self.admissible:
+            return " (none under the cap: the lowest ratio)"
+        return ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +72,8 @@ def choose(runs: Sequence[ModeRun], ratio_cap: float = RATIO_CAP) -> Choice:
     else:
         best = min(runs, key=lambda r: (r.llm_token_ratio, -r.accuracy))
         why = f"no setting at <= {ratio_cap:.0%} LLM tokens; the lowest ratio ({best.llm_token_ratio:.1%})"
-    return Choice(best.mode, best.setting_name, best.setting, best.accuracy, best.llm_token_ratio, why)
+    return Choice(best.mode, best.setting_name, best.setting, best.accuracy, best.llm_token_ratio, why,
+                  admissible=len(under), tried=len(runs))
 
 
 def chosen_run(runs: Iterable[ModeRun], choice: Choice) -> ModeRun:
