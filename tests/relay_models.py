@@ -70,6 +70,11 @@ SLM_CALLING = {":": ["5", "<call>"], "<call>": ["4"], "4": ["</call>"], "5": [";
                "9": ["EOS"], "8": ["EOS"]}
 
 
+# Calls on every prompt that ends in ":" (the built-in task's prompts too): writes "5", then
+# `<call>2</call>`; the LLM, shown the prompt and "5", writes ";#"; the SLM ends with "8".
+SLM_WRITES_A_COMMAND = {":": ["5"], "5": ["<call>"], "<call>": ["2"], "2": ["</call>"], "#": ["8"], "8": ["EOS"]}
+
+
 def save_pair(root: Path, slm_transitions: dict, llm_transitions: dict = LLM_TRANSITIONS) -> tuple[Path, Path]:
     """Save a crafted SLM and LLM as HF checkpoint folders (model + tokenizer)."""
     tok = tokenizer()
@@ -80,3 +85,12 @@ def save_pair(root: Path, slm_transitions: dict, llm_transitions: dict = LLM_TRA
         tok.save_pretrained(out)
         paths.append(out)
     return paths[0], paths[1]
+
+
+def calling_pair_gguf(root: Path) -> tuple[Path, Path]:
+    """(SLM, LLM) GGUFs (f16, by the project's exporter: llama.cpp's converter) of an SLM that
+    really calls, SLM_WRITES_A_COMMAND, and the LLM of LLM_TRANSITIONS; same tokenizer."""
+    from relayllm.training.models.export import export
+
+    slm_dir, llm_dir = save_pair(root, SLM_WRITES_A_COMMAND)
+    return export(slm_dir, root, name="slm", quants=())["f16"], export(llm_dir, root, name="llm", quants=())["f16"]

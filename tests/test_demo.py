@@ -11,18 +11,22 @@ from relayllm.training import eval as E
 
 
 def test_demo_chooses_on_validation_reports_test_and_writes_the_results_folder(smollm2_path, tmp_path):
+    import relay_models as rm
     from relayllm.training.routers.onnx_export import untrained_router_for
 
-    # SmolLM2 plays all three parts and an untrained router of its size both learned routers:
+    # SmolLM2 plays the SLM and the LLM, and an untrained router of its size both learned routers:
     # the demo's plumbing is under test, not the trained pair (tests/test_defaults.py builds routers).
+    # The relay SLM must really call, which SmolLM2 (no `<call>` token) cannot: a crafted bigram
+    # Llama that writes `<call>2</call>` after the task's "...:" and "5" (tests/relay_models.py);
+    # its tokenizer has the two command tokens, SmolLM2's not, so the edge sends the cloud text.
+    relay_slm, _ = rm.calling_pair_gguf(tmp_path / "calling")
     router = untrained_router_for(smollm2_path, tmp_path / "router" / "router.onnx")
-    models = SimpleNamespace(llm=smollm2_path, slm=smollm2_path, relay_slm=smollm2_path, r2r_router=router,
+    models = SimpleNamespace(llm=smollm2_path, slm=smollm2_path, relay_slm=relay_slm, r2r_router=router,
                              citer_router=router)
     out = tmp_path / "out"
     summary = demo.run_all_modes(models, out, validation=2, test=3, random_p=(0.2, 0.5), thresholds=(0.5, 0.9),
                                  query_shares=(0.5,), router_thresholds=(0.5,), max_tokens=12, progress=False,
-                                 relay_settings=(None,),  # SmolLM2 has no `<call>` token
-                                 pair=False)
+                                 relay_settings=(None,), pair=False)
     modes = [r["mode"] for r in summary["runs"]]
     for mode in E.MODES:
         assert mode in modes
@@ -40,7 +44,20 @@ def test_demo_chooses_on_validation_reports_test_and_writes_the_results_folder(s
     assert choice == E.choose([E.ModeRun.from_dict(r) for r in json.loads(
         (out / "validation" / "confidence.json").read_text())["runs"]], summary["ratio_cap"]).to_dict()
     row = next(r for r in summary["rows"] if r["mode"] == "confidence")
-    assert row["setting"] == choice["setting"] and row["n"] == 3 and "(chosen)" in row["row"]
+    assert row["setting"] == choice["setting"] and row["n"] == 3
+    # "(chosen)" only where the rule chose among settings under the cap, never where it was forced
+    for mode, c in summary["choices"].items():
+        shown = next(r for r in summary["rows"] if r["mode"] == mode)["row"]
+        chose = c["tried"] >= 2 and c["admissible"] >= 1
+        assert ("(chosen)" in shown) == chose, (mode, c, shown)
+    query = next(r for r in summary["rows"] if r["mode"] == "query")
+    assert query["row"].startswith("random query split")
+    # the relay row comes from an SLM that called: every test answer asked the cloud, which wrote
+    relay = json.loads((out / "relay.json").read_text())["runs"][0]["records"]
+    assert len(relay) == 3 and all(r["calls"] >= 1 and r["llm_tokens"] >= 1 and r["cloud_generated"] >= 1
+                                   for r in relay), relay
+    by_mode = {r["mode"]: r for r in summary["rows"]}
+    assert by_mode["relay"]["llm_token_ratio"] > 0 and by_mode["relay"]["calls_per_question"] >= 1
     # every figure of the table, machine-readable
     for key in ("commit", "machine", "splits", "pair", "rule", "choices", "rows", "runs", "validation_runs",
                 "gap_recovered", "cost_saved_vs_random", "link_rtt_s", "eval_s"):

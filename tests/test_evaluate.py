@@ -251,10 +251,37 @@ def test_confidence_router_fires_exactly_below_threshold_on_the_models_logits(ev
     assert all(r.llm_tokens in (r.calls, r.calls - 1) for r in run.records)  # the last may end the text
 
 
-def test_relay_mode_counts_calls_and_writes_outputs(evaluator, smollm2_path, tmp_path):
-    run = evaluator.run_relay(TINY, smollm2_path, call_threshold=None)  # SmolLM2: its own commands only
+@pytest.fixture(scope="module")
+def calling(tmp_path_factory):
+    """A relay SLM that really writes `<call>2</call>` (a crafted bigram Llama, tests/relay_models.py),
+    its LLM served by a real cloud on loopback, and an Evaluator on them: SmolLM2 has no `<call>`
+    token, so a relay run on it could not see a call."""
+    import relay_models as rm
+
+    slm, llm = rm.calling_pair_gguf(tmp_path_factory.mktemp("calling"))
+    with E.local_cloud(llm) as target, \
+            E.Evaluator(cloud_target=target, grader=E.make_grader("exact"), max_tokens=MAX_TOKENS,
+                        progress=False) as ev:  # the built-in task's grader: "...#8" answers 8
+        yield SimpleNamespace(ev=ev, slm=slm, llm=llm)
+
+
+# Prompts that end in ":" (what the crafted SLM calls after); its answer is "5;#8", the LLM wrote ";#".
+CALLING = [E.Example("1+1:", "8"), E.Example("2+6:", "8"), E.Example("9-1:", "8")]
+
+
+def test_relay_mode_counts_calls_and_writes_outputs(calling, tmp_path):
+    result = calling.ev.decoder(calling.slm, cloud=True).generate("1+1:")
+    assert result.spans == [("slm", "5"), ("llm", ";#"), ("slm", "8")], "the LLM wrote the middle of the answer"
+    run = calling.ev.run_relay(CALLING, calling.slm, call_threshold=None)  # its own commands only
     assert run.n == 3 and all(not r.degraded for r in run.records)
-    assert run.llm_token_ratio == pytest.approx(E.llm_token_ratio(run.records))
+    # every answer called the cloud once, for the 2 tokens the SLM asked for, and is right with them
+    assert [(r.calls, r.llm_tokens, r.response, r.correct) for r in run.records] == [(1, 2, "5;#8", True)] * 3
+    assert all(r.cloud_generated == 2 and r.cloud_s > 0 for r in run.records), "the cloud's own usage"
+    assert run.llm_tokens == 6 and run.calls_per_question == 1.0 and run.accuracy == 1.0
+    assert run.llm_token_ratio == pytest.approx(E.llm_token_ratio(run.records)) == pytest.approx(6 / (6 + 15))
+    # the same SLM alone: it writes its command, no cloud answers, the LLM's tokens are missing
+    alone = calling.ev.run_slm(CALLING, calling.slm)
+    assert alone.llm_tokens == 0 and alone.accuracy == 0.0
     E.write_mode_json(tmp_path, "relay", [run])
     E.write_report(tmp_path)
     saved = json.loads((tmp_path / "relay.json").read_text())["runs"][0]
