@@ -138,3 +138,42 @@ def test_pointers_into_the_docs_name_sections_that_exist():
                 f"{src.relative_to(ROOT)}: {file} has no section {heading!r} (its headings: {headings(target)})"
             pointers.append((src.name, file, heading))
     assert ("default_relay.py", "docs/relay-protocol.md", "What was measured while choosing") in pointers
+
+
+# --------------------------------------------------------------------------------------------
+# A CPU-only torch: what the README tells a user, what .ci/setup does, and the pinned version
+
+
+def test_a_cpu_only_torch_is_documented_and_set_up_at_the_pinned_version():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = {d.split("==")[1] for d in extras["cloud"] if d.startswith("torch==")}
+    assert len(pins) == 1, extras["cloud"]
+    version = pins.pop()
+    cpu_index = "https://download.pytorch.org/whl/cpu"
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("## Install by role", 1)[1].split("\n## ", 1)[0]
+    assert f"pip install torch=={version} --index-url {cpu_index}" in install
+    setup = (ROOT / ".ci" / "setup").read_text()
+    # the CPU build from the configured indexes where one has it (a local wheel folder), else PyTorch's index
+    assert f'install "torch=={version}+cpu"' in setup
+    assert cpu_index in setup and f"install torch=={version} --index-url" in setup
+    assert "lies on disk" not in setup
+
+
+def test_the_readme_names_the_baselines_and_simplifications_for_what_they_are():
+    readme = (ROOT / "README.md").read_text()
+    # the "query" mode picks whole questions at random: no router, and no forced "(chosen)"
+    assert "query router" not in readme.lower()
+    rows = [line for line in readme.splitlines() if line.startswith("| random query split")]
+    assert rows and all("(chosen)" not in r for r in rows), rows
+    # R2R and CITER as built here, beside their papers (training/routers/r2r.py, citer.py say the same)
+    for phrase in ("no verifier model", "symmetrically", "assumes the LLM's branch", "one iteration",
+                   "held-out questions"):
+        assert phrase in readme, phrase
+    assert "no verifier model" in (ROOT / "training/routers/r2r.py").read_text()
+    assert "*assumed*" in (ROOT / "training/routers/citer.py").read_text()
