@@ -16,7 +16,8 @@ from relayllm.training.bench import cli as bench
 def mini_result(smollm2_path, tmp_path_factory):
     cfg = bench.config(quick=True)
     cfg.update(slm=str(smollm2_path), llm=str(smollm2_path), rounds=1, decode_tokens=24, splice_tokens=[8],
-               footprint_tokens=8, calls=3, call_tokens=4, levels=[1, 3], load_calls=2, load_tokens=4,
+               footprint_tokens=8, calls=3, call_tokens=4, levels=[1, 3], load_calls=2, load_tokens=6,
+               anchor_tokens=4, sweep_models={"SmolLM2-135M": str(smollm2_path)}, sweep_skipped="",
                gemma3=False, edge_sync_calls=2, endpoint_tokens=24, endpoint_rounds=2,
                turn_tokens=8)
     result = bench.bench(cfg, progress=lambda msg: None)
@@ -150,15 +151,26 @@ def test_synced_call_prefills_nothing(mini_result):
         assert row["cold"]["prefilled_tokens"] > row["synced"]["prefilled_tokens"]
 
 
-def test_load_sweep_has_no_errors(mini_result):
-    sweep = mini_result["cloud"]["concurrency"]
-    assert [row["sessions"] for row in sweep] == [1, 3]
-    for row in sweep:
-        assert row["errors"] == 0, row["errors_by_code"]
+def test_cloud_sweep_against_llama_cpp_batched_decode(mini_result):
+    """The sweep: the anchor (llama.cpp's own batched decode) and the cloud at every level,
+    the clients in another process, every call writing all its tokens; the figures divide
+    the cloud by the anchor at the same level."""
+    sweep = mini_result["cloud"]["sweep"]
+    m = sweep["models"]["SmolLM2-135M"]
+    assert [r["sequences"] for r in m["anchor"]] == [r["sessions"] for r in m["cloud"]] == [1, 3]
+    for a in m["anchor"]:
+        assert a["decode_tok_s"] > 0 and a["prefill_tok_s"] > 0 and a["decode_tokens"] == 4
+    for row in m["cloud"]:
+        assert row["errors"] == 0 and row["resends"] == 0
         assert row["requests"] == row["sessions"] * 2
-        assert row["generated_tokens"] == row["requests"] * 4
-        assert row["latency_p50_s"] <= row["latency_p99_s"]
-        assert row["peak_rss_mib"] >= row["rss_start_mib"] > 0
+        assert row["generated_tokens"] == row["requests"] * 6  # the count goes on: no EOS
+        assert row["decode_tokens_per_step"] > 0 and row["prefill_tokens"] > 0
+        assert row["latency_p50_s"] <= row["latency_p95_s"]
+        assert row["vs_anchor"] == pytest.approx(row["decode_tok_s"] / m["anchor"][m["cloud"].index(row)]["decode_tok_s"])
+    assert m["passes"]["passes_per_decode_step"] == 1.0  # one forward pass per step (unified KV)
+    f = _figure(mini_result, "SmolLM2-135M, 3 sessions: cloud decode tok/s")
+    assert f["peer_name"] == "llama.cpp batched decode, 3 seq" and f["goal"] == ">= 0.8"
+    assert "| SmolLM2-135M | 3 |" in mini_result["cloud"]["sweep_table"]
 
 
 def test_cli_refuses_a_missing_model(tmp_path, capsys):

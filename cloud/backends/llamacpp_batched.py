@@ -102,6 +102,7 @@ class BatchEngine:
         self.batched_tokens = 0  # tokens they evaluated
         self.decode_tokens = self.prefill_tokens = 0
         self.step_s = self.prefill_step_s = 0.0  # seconds in all steps; in those that carried prefill
+        self.prefill_only_s = 0.0  # seconds in steps that carried no decode token
         self.history: deque[StepRecord] = deque(maxlen=history)
         self._thread = threading.Thread(target=self._loop, name="llama-batch", daemon=True)
         self._thread.start()
@@ -242,6 +243,7 @@ class BatchEngine:
         self.prefill_tokens += n_prefill
         self.step_s += seconds
         self.prefill_step_s += seconds if n_prefill else 0.0
+        self.prefill_only_s += seconds if not decode else 0.0
         self.history.append(StepRecord(decode, n_prefill, tuple(q for q, _ in prefill), seconds,
                                        self.passes - passes_before if self._callback is not None else None))
 

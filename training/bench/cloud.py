@@ -8,6 +8,8 @@ made in the same run on the same server, calls of the two variants alternating.
 
 `run_load` is the load generator the reliability suite reuses: many concurrent sessions
 for a bounded time; requests/s, p50/p95/p99 Help latency, errors by status, peak RSS.
+`load_in_child` runs it in a separate Python process, so that the clients' threads share
+neither the server's GIL nor its process (python -m relayllm.training.bench.cloud load JSON).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import os
 import statistics
 import threading
 import time
+import json
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 
 from relayllm.edge.client import CircuitBreaker, CloudClient, CloudError, CloudSession
@@ -246,9 +251,9 @@ class LoadReport:
 
 def run_load(target: str, *, sessions: int, duration_s: float | None = None, calls_per_session: int | None = None,
              max_tokens: int = 8, delta_chars: int = 120, token: str | None = None, rss_pid: int | None = None,
-             timeout: float = 120.0) -> LoadReport:
+             timeout: float = 120.0, prompt: str = PROMPT) -> LoadReport:
     """`sessions` concurrent relay sessions against `target` on loopback. Each session sends
-    the prompt, then keeps appending `delta_chars` of new text and asking for `max_tokens`
+    `prompt`, then keeps appending `delta_chars` of new text and asking for `max_tokens`
     tokens, like an edge relaying a long answer, until `duration_s` has passed or it has made
     `calls_per_session` calls. The SDK resends the whole prefix when the cloud evicted the
     session (counted as resends); other failures are counted by reason, never raised."""
@@ -277,7 +282,7 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
         deltas = slm_deltas(64, delta_chars)
         made = 0
         while time.perf_counter() < stop_at and (calls_per_session is None or made < calls_per_session):
-            delta = (PROMPT if made == 0 else "") + deltas[made % len(deltas)]
+            delta = (prompt if made == 0 else "") + deltas[made % len(deltas)]
             resends = conversation.session.stats.resends
             try:
                 record = conversation.help(delta, max_tokens, deadline_s=timeout)
@@ -328,3 +333,19 @@ def concurrency_sweep(target: str, levels=(1, 4, 16, 64), *, calls_per_session: 
     does the same work per session (`calls_per_session` calls), so levels compare fairly."""
     return [run_load(target, sessions=n, calls_per_session=calls_per_session, max_tokens=max_tokens,
                      rss_pid=rss_pid).as_dict() for n in levels]
+
+
+def load_in_child(target: str, *, timeout_s: float = 900.0, **load) -> dict:
+    """run_load(target, **load) in a fresh Python process; its LoadReport as a dict. The
+    child's own start-up (imports, channel) happens before its clock starts."""
+    argv = [sys.executable, "-m", "relayllm.training.bench.cloud", "load", json.dumps({"target": target, **load})]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load process failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "load":
+        raise SystemExit("usage: python -m relayllm.training.bench.cloud load JSON (run_load's arguments)")
+    print(json.dumps(run_load(**json.loads(sys.argv[2])).as_dict()), flush=True)

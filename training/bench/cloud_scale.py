@@ -1,8 +1,18 @@
-"""The cloud at scale: aggregate generated tok/s and p50/p95 Help latency at 1/4/16/64 concurrent
-sessions for each backend, and the gateway's added latency per call against calling the
-engine directly, all measured in one run on this machine.
+"""The cloud at scale, two sweeps measured in one run on this machine.
 
-    python -m relayllm.training.bench.cloud_scale [--levels 1 4 16 64] [--out runs/cloud_scale.json]
+`against_anchor` (what `relayllm bench` runs): the batched llama.cpp backend against the
+physical anchor, llama.cpp's own batched decode of the same GGUF (bench/cloud_anchor.py), at
+1/4/16/64 sessions / sequences: aggregate generated tok/s and p50/p95 Help latency with the
+clients in a separate process (bench/cloud.py load_in_child), calls of 64 tokens, prefill
+throughput reported apart, forward passes per step (one probe, llama.cpp's graph callback);
+ratios cloud / anchor at each level and each level / 1 session. Optionally the same client
+sweep through the gateway in front of llama.cpp's llama-server --parallel.
+
+`sweep` (`relayllm bench --only cloud-scale`): every backend at each level, and the
+gateway's added latency per call against calling the engine directly.
+
+    python -m relayllm.training.bench.cloud_scale --anchor [--llm MODEL.gguf] [--levels 1 4 16 64]
+    python -m relayllm.training.bench.cloud_scale [--levels 1 4 16] [--out runs/cloud_scale.json]
 
 Backends: "llama.cpp" (sessions decoded together in one batch), "llama.cpp-contexts" (a
 context per session), "openai-gateway" (the relay service in front of an OpenAI-compatible
@@ -31,6 +41,10 @@ from relayllm.training.bench.cloud import PROMPT, client_for, run_load, slm_delt
 FIRST_CALL = PROMPT + slm_deltas(1, 120)[0]
 
 LEVELS = (1, 4, 16, 64)
+CALL_TOKENS = 64  # tokens per Help call in against_anchor: decode dominates the call
+# against_anchor's first call of a session (and the anchor's prompt): short, and answered at
+# length (the benchmark's math question makes SmolLM2 stop after 8 tokens)
+SWEEP_PROMPT = "Count from 1 to 300, separated by commas: 1, 2, 3, 4, 5,"
 
 
 def machine() -> str:
@@ -100,6 +114,186 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
         out["backends"][f"{name} -> {engine.name}" if engine is not None else name] = rows
         save(out)
     return out
+
+
+def _server_config(levels):
+    from relayllm.cloud.config import ServerConfig
+
+    top = max(levels)
+    return ServerConfig(max_sessions=top, max_sessions_per_tenant=top, max_concurrent_streams=2 * top,
+                        max_calls_per_tenant=2 * top, max_queue_s=600, max_call_s=600, max_tokens_per_call=256)
+
+
+def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, progress, label: str, engine=None,
+                 prompt: str = SWEEP_PROMPT, delta_chars: int = 40):
+    """The same child-process load at every level; with `engine` (a BatchEngine) its step counters too."""
+    from relayllm.training.bench.cloud import load_in_child
+
+    load_in_child(target, sessions=1, calls_per_session=1, max_tokens=8, prompt=prompt)  # warm-up, untimed
+    rows = []
+    for n in levels:
+        progress(f"cloud: {label}, {n} sessions, clients in a separate process")
+        counters = ("steps", "decode_tokens", "prefill_tokens", "step_s", "prefill_step_s", "prefill_only_s")
+        before = engine and [getattr(engine, c) for c in counters]
+        r = load_in_child(target, sessions=n, calls_per_session=calls_per_session, max_tokens=max_tokens,
+                          timeout=600, rss_pid=os.getpid(), prompt=prompt, delta_chars=delta_chars)
+        row = {k: r[k] for k in ("sessions", "duration_s", "requests", "errors", "resends", "generated_tokens",
+                                 "tokens_per_s", "latency_p50_s", "latency_p95_s")}
+        row["decode_tok_s"] = row["tokens_per_s"]  # no engine counters: generated tokens over the wall time
+        if engine is not None:
+            d = dict(zip(counters, (getattr(engine, c) - b for c, b in zip(counters, before))))
+            steps = d["steps"]
+            # decode tok/s: generated tokens over the wall time less the steps that only prefilled
+            decode_s = row["duration_s"] - d["prefill_only_s"]
+            row.update(steps=steps, decode_tokens_per_step=d["decode_tokens"] / steps if steps else 0.0,
+                       prefill_tokens=d["prefill_tokens"], prefill_only_s=d["prefill_only_s"],
+                       prefill_tok_s=d["prefill_tokens"] / d["prefill_step_s"] if d["prefill_step_s"] else float("nan"),
+                       decode_tok_s=row["generated_tokens"] / decode_s if decode_s > 0 else float("nan"),
+                       engine_busy=d["step_s"] / row["duration_s"] if row["duration_s"] else float("nan"))
+        rows.append(row)
+    one = rows[0]
+    for row in rows:
+        row["tok_s_vs_1"] = row["decode_tok_s"] / one["decode_tok_s"] if one["decode_tok_s"] else float("nan")
+        row["p95_vs_1"] = row["latency_p95_s"] / one["latency_p95_s"] if one["latency_p95_s"] else float("nan")
+    return rows
+
+
+def passes_per_step(gguf, *, sessions: int = 8, threads: int | None = None) -> dict:
+    """Forward passes llama.cpp ran per engine step with `sessions` sessions decoding at once,
+    counted by its graph eval callback (a probe beside the timed sweep: the callback is slow)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from relayllm.cloud.backends.base import SamplingParams
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+    from relayllm.cloud.sessions import Session
+
+    backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=sessions, n_threads=threads,
+                                     count_passes=True)
+    try:
+        prompts = [backend.tokenize(f"{SWEEP_PROMPT} ({i})".encode()) for i in range(sessions)]
+
+        def call(i):
+            backend.generate(Session(key=("", f"probe{i}")), prompts[i], max_new_tokens=8, sampling=SamplingParams(),
+                             should_stop=lambda: None, emit=lambda t: None)
+
+        with ThreadPoolExecutor(sessions) as pool:
+            list(pool.map(call, range(sessions)))
+        steps = [r for r in backend.engine.history if not r.prefill_tokens]
+        full = [r for r in steps if len(r.decode_seqs) == sessions]
+        return {"sessions": sessions, "decode_steps": len(steps), "steps_with_every_session": len(full),
+                "passes_per_decode_step": sum(r.passes for r in steps) / len(steps) if steps else float("nan"),
+                "decode_tokens_per_step": sum(len(r.decode_seqs) for r in steps) / len(steps) if steps else 0.0}
+    finally:
+        backend.close()
+
+
+def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, max_tokens: int = CALL_TOKENS,
+                   anchor_tokens: int = 32, threads: int | None = None, gateway: bool = False, progress=print,
+                   save=lambda result: None, model_levels: dict | None = None) -> dict:
+    """For each model ({label: gguf}): the anchor, the batched cloud and (gateway=True, where
+    llama-server is built) the gateway in front of llama-server --parallel, at every level
+    (model_levels: {label: levels} for a model that runs fewer). A session's calls after the
+    first send no new text (delta_chars=0): the cloud continues its KV, decode only."""
+    from relayllm.cloud.backends.llamacpp import physical_cores
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
+    from relayllm.training.bench.cloud_anchor import batched_decode
+
+    threads = threads or physical_cores()
+    out: dict = {"machine": machine(), "levels": list(levels), "calls_per_session": calls_per_session,
+                 "max_tokens": max_tokens, "anchor_tokens": anchor_tokens, "threads": threads, "models": {}}
+    every = levels
+    for label, gguf in models.items():
+        levels = (model_levels or {}).get(label, every)
+        m = out["models"][label] = {"gguf": str(gguf), "levels": list(levels)}
+        m["anchor"] = batched_decode(gguf, levels, prompt=SWEEP_PROMPT, decode_tokens=anchor_tokens, n_threads=threads,
+                                     progress=progress)
+        backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=max(levels), n_threads=threads)
+        try:
+            with ServerThread(backend, config=_server_config(levels)) as server:
+                m["cloud"] = _client_rows(server.target, levels, calls_per_session=calls_per_session,
+                                          max_tokens=max_tokens, progress=progress, label=f"{label} batched",
+                                          engine=backend.engine, delta_chars=0)
+        finally:
+            backend.close()
+        for row, anchor in zip(m["cloud"], m["anchor"]):
+            row["vs_anchor"] = row["decode_tok_s"] / anchor["decode_tok_s"]
+            anchor["vs_1"] = anchor["decode_tok_s"] / m["anchor"][0]["decode_tok_s"]
+            anchor["step_vs_1"] = anchor["step_s"] / m["anchor"][0]["step_s"]
+        progress(f"cloud: {label}, forward passes per step (probe)")
+        m["passes"] = passes_per_step(gguf, sessions=min(8, max(levels)), threads=threads)
+        if gateway:
+            m["gateway"] = _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label)
+        save(out)
+    return out
+
+
+def _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label):
+    from relayllm.cloud.backends import backend_class
+    from relayllm.cloud.harness import ServerThread
+    from relayllm.training.bench.llama_server import LlamaServer, llama_server_binary
+
+    if llama_server_binary() is None:
+        return {"error": "no llama-server binary (.ci/setup builds it)"}
+    engine = LlamaServer(gguf, n_ctx=512, parallel=max(levels), threads=threads)
+    backend = backend_class("openai-gateway")(engine.url, model=engine.alias, tokenizer=gguf, n_ctx=512,
+                                              max_sessions=max(levels))
+    try:
+        with ServerThread(backend, config=_server_config(levels)) as server:
+            return _client_rows(server.target, levels, calls_per_session=calls_per_session, max_tokens=max_tokens,
+                                progress=progress, label=f"{label} gateway -> llama-server --parallel {max(levels)}",
+                                delta_chars=0)
+    finally:
+        backend.close()
+        engine.stop()
+
+
+def anchor_figures(result: dict, pair) -> list:
+    """against_anchor as `relayllm bench` figures, with the issue's goals."""
+    figs = []
+    for label, m in result["models"].items():
+        for row, anchor in zip(m["cloud"], m["anchor"]):
+            n = row["sessions"]
+            goal = {"goal": ">= 0.9", "goal_min": 0.9} if n == 1 else {"goal": ">= 0.8", "goal_min": 0.8}
+            figs.append(pair("cloud", f"{label}, {n} sessions: cloud decode tok/s", row["decode_tok_s"],
+                             f"llama.cpp batched decode, {n} seq", anchor["decode_tok_s"], "tok/s", **goal))
+        one = m["cloud"][0]
+        for row in m["cloud"][1:]:
+            figs.append(pair("cloud", f"{label}, {row['sessions']} sessions: cloud decode tok/s vs 1 session",
+                             row["decode_tok_s"], "1 session", one["decode_tok_s"], "tok/s"))
+            goal = {"goal": "<= 3", "goal_max": 3} if row["sessions"] == 16 else {}
+            figs.append(pair("cloud", f"{label}, {row['sessions']} sessions: Help p95 ({result['max_tokens']} tok)",
+                             row["latency_p95_s"] * 1e3, "1 session p95", one["latency_p95_s"] * 1e3, "ms", **goal))
+        for row in m.get("gateway", []) if isinstance(m.get("gateway"), list) else []:
+            cloud = next(r for r in m["cloud"] if r["sessions"] == row["sessions"])
+            figs.append(pair("cloud", f"{label}, {row['sessions']} sessions: gateway -> llama-server tok/s",
+                             row["tokens_per_s"], "batched cloud (wall)", cloud["tokens_per_s"], "tok/s"))
+    return figs
+
+
+def anchor_table(result: dict) -> str:
+    lines = [f"machine: {result['machine']}; {result['threads']} llama.cpp threads; Help calls of "
+             f"{result['max_tokens']} tokens, {result['calls_per_session']} per session, clients in another process",
+             "| model | n | anchor decode tok/s | x vs 1 | cloud decode tok/s | cloud / anchor | x vs 1 | "
+             "cloud tok/s (wall) | p50 s | p95 s | p95 vs 1 | anchor step vs 1 | tokens/step | prefill tok/s | "
+             "gateway tok/s (wall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, m in result["models"].items():
+        gateway = {r["sessions"]: r for r in m.get("gateway", [])} if isinstance(m.get("gateway"), list) else {}
+        for row, a in zip(m["cloud"], m["anchor"]):
+            g = gateway.get(row["sessions"])
+            lines.append(f"| {label} | {row['sessions']} | {a['decode_tok_s']:.1f} | {a['vs_1']:.2f} | "
+                         f"{row['decode_tok_s']:.1f} | {row['vs_anchor']:.2f} | {row['tok_s_vs_1']:.2f} | "
+                         f"{row['tokens_per_s']:.1f} | {row['latency_p50_s']:.2f} | {row['latency_p95_s']:.2f} | {row['p95_vs_1']:.2f} | "
+                         f"{a['step_vs_1']:.2f} | {row['decode_tokens_per_step']:.1f} | {row['prefill_tok_s']:.0f} | "
+                         f"{'-' if g is None else format(g['tokens_per_s'], '.1f')} |")
+        p = m["passes"]
+        lines.append(f"{label}: {p['passes_per_decode_step']:.2f} forward passes per decode step with "
+                     f"{p['sessions']} sessions decoding ({p['decode_tokens_per_step']:.1f} tokens per step; "
+                     f"llama.cpp's graph callback)")
+        if isinstance(m.get("gateway"), dict):
+            lines.append(f"{label} gateway: {m['gateway']['error']}")
+    return "\n".join(lines)
 
 
 def gateway_overhead(engine, backend, *, calls: int = 12, max_tokens: int = 8) -> dict:
@@ -180,14 +374,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
     parser.add_argument("--backends", nargs="+", default=["llama.cpp", "llama.cpp-contexts", "openai-gateway"])
-    parser.add_argument("--calls", type=int, default=2, help="Help calls per session at each level")
-    parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads of the local backends")
+    parser.add_argument("--calls", type=int, default=None, help="Help calls per session at each level (default 2; "
+                        "--anchor 1)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per Help call (default 8; --anchor 64)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llama.cpp threads (default 1; --anchor: the physical cores)")
     parser.add_argument("--out", type=Path, default=Path("runs/cloud_scale.json"))
+    parser.add_argument("--anchor", action="store_true", help="the batched cloud against llama.cpp's own batched "
+                        "decode (SmolLM2 and --llm), instead of every backend")
+    parser.add_argument("--llm", type=Path, help="--anchor: a second GGUF to sweep beside SmolLM2")
+    parser.add_argument("--llm-levels", type=int, nargs="+", help="--anchor: the levels of --llm (default --levels)")
+    parser.add_argument("--gateway", action="store_true", help="--anchor: also through the gateway -> llama-server")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = sweep(smollm2_gguf(), backends=args.backends, levels=args.levels, calls_per_session=args.calls,
-                   max_tokens=args.max_tokens, threads=args.threads, progress=lambda m: print(m, flush=True),
+    if args.anchor:
+        models = {"SmolLM2-135M": smollm2_gguf(), **({args.llm.stem: args.llm} if args.llm else {})}
+        result = against_anchor(models, levels=args.levels, calls_per_session=args.calls or 1,
+                                model_levels={args.llm.stem: args.llm_levels} if args.llm and args.llm_levels else None,
+                                max_tokens=args.max_tokens or CALL_TOKENS, threads=args.threads,
+                                gateway=args.gateway, progress=lambda m: print(m, flush=True),
+                                save=lambda r: args.out.write_text(json.dumps(r, indent=2)))
+        print(anchor_table(result))
+        return 0
+    result = sweep(smollm2_gguf(), backends=args.backends, levels=args.levels, calls_per_session=args.calls or 2,
+                   max_tokens=args.max_tokens or 8, threads=args.threads or 1, progress=lambda m: print(m, flush=True),
                    save=lambda r: args.out.write_text(json.dumps(r, indent=2)))
     print(table(result))
     return 0
