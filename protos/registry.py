@@ -195,8 +195,8 @@ def resolve_model(name_or_path: str | Path, *, progress: bool = True) -> Path:
         return candidate
     if str(name_or_path) in MODELS:
         return pull(str(name_or_path), progress=progress)
-    raise RegistryError(f"model not found: {name_or_path} is neither a file nor a registry name "
-                        f"({', '.join(MODELS)})")
+    raise RegistryError(f"model file not found: {name_or_path} (neither a file nor a registry name: "
+                        f"{', '.join(MODELS)})")
 
 
 # ----------------------------------------------------------------------------------------------

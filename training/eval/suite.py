@@ -10,7 +10,9 @@ registry):
 2. development test (dev-test.jsonl): slm, llm, confidence at the chosen threshold, the
    query split at each share (free: it reuses the slm and llm records), and the random token
    router at increasing p until it reaches the chosen confidence row's accuracy (both sides
-   measured).
+   measured). The test grows in chunks of `chunk` questions, every mode on each chunk before
+   the next, and the table is written after each: a run cut short still reports every mode
+   on the same questions.
 The relay SLM and the R2R / CITER routers join when they exist for this pair (issue "Relay
 training at real size"); until then their rows are said to be missing, never filled in.
 
@@ -29,11 +31,13 @@ from pathlib import Path
 
 THRESHOLDS = (0.3, 0.5, 0.7)  # confidence: top probability below which the LLM writes a token
 QUERY_SHARES = (0.25, 0.5)
-RANDOM_P = (0.1, 0.3)  # besides the chosen row's own ratio: the sweep stops at the first p that reaches it
+# fixed points (not the chosen row's own ratio, which moves as the test grows): the sweep stops
+# at the first p that reaches the chosen row's accuracy
+RANDOM_P = (0.1, 0.3)
 
 
 def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLDS, ratio_cap: float | None = None,
-              say=print) -> dict:
+              chunk: int = 10, say=print) -> dict:
     """Both passes (module doc) with the Evaluator `ev`; writes `<out>` and returns the summary."""
     from relayllm.training import eval as E
 
@@ -46,21 +50,30 @@ def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLD
            "confidence": [ev.run_confidence(val_ex, slm, t) for t in thresholds]}
     choice = E.choose(val["confidence"], ratio_cap)
     say(f"chosen on validation: confidence threshold {choice.setting:g} ({choice.reason})")
-    # 2) development test: what the table reports
-    say(f"development test ({len(test_ex)} questions)")
-    tst = {"slm": [ev.run_slm(test_ex, slm)], "llm": [ev.run_llm(test_ex, slm)],
-           "confidence": [ev.run_confidence(test_ex, slm, choice.setting)]}
-    tst["query"] = [ev.run_query(tst["slm"][0], tst["llm"][0], s) for s in QUERY_SHARES]
-    best = tst["confidence"][0]
-    ps = sorted({round(best.llm_token_ratio, 4), *RANDOM_P} - {0.0})
-    tst["random"] = E.sweep_until(lambda p: ev.run_random(test_ex, slm, p), ps, best.accuracy)
-    eval_s = time.perf_counter() - started
+    # 2) development test: what the table reports, grown in chunks so that a run cut short
+    #    (or stopped by its budget) always leaves a table of every mode on the same questions
+    step = max(1, min(chunk, len(test_ex)))
+    for k in range(step, len(test_ex) + step, step):
+        part = test_ex[:k]  # earlier questions come back from the journal
+        say(f"development test: questions 1-{len(part)} of {len(test_ex)}")
+        tst = {"slm": [ev.run_slm(part, slm)], "llm": [ev.run_llm(part, slm)],
+               "confidence": [ev.run_confidence(part, slm, choice.setting)]}
+        tst["query"] = [ev.run_query(tst["slm"][0], tst["llm"][0], s) for s in QUERY_SHARES]
+        best = tst["confidence"][0]
+        tst["random"] = E.sweep_until(lambda p: ev.run_random(part, slm, p), RANDOM_P, best.accuracy)
+        summary = _write(out, val, tst, choice, ratio_cap, time.perf_counter() - started, len(val_ex), len(part))
+    return summary
+
+
+def _write(out: Path, val: dict, tst: dict, choice, ratio_cap: float, eval_s: float, n_val: int, n_test: int) -> dict:
+    from relayllm.training import eval as E
+
     for mode, runs in tst.items():
-        E.write_mode_json(out, mode, runs, {"data": "GSM8K dev-test", "n": len(test_ex)})
+        E.write_mode_json(out, mode, runs, {"data": "GSM8K dev-test", "n": n_test})
     for mode, runs in val.items():
-        E.write_mode_json(out / "validation", mode, runs, {"data": "GSM8K validation", "n": len(val_ex)})
+        E.write_mode_json(out / "validation", mode, runs, {"data": "GSM8K validation", "n": n_val})
     summary = {"choice": choice.to_dict(), "ratio_cap": ratio_cap, "eval_s": eval_s,
-               "n_validation": len(val_ex), "n_test": len(test_ex)}
+               "n_validation": n_val, "n_test": n_test}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     render(out)
     return summary
