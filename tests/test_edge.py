@@ -203,8 +203,12 @@ def test_prompt_ending_in_a_command_is_spliced_evaluating_only_new_tokens(slm, c
     assert result.calls == 1 and calls[0].ok and calls[0].requested_tokens == calls[0].received_tokens == 8
     assert result.llm_tokens == 8 and result.slm_tokens == MAX_TOKENS - 8
     assert [a for a, _ in result.spans] == ["llm", "slm"]
-    # The LLM (SmolLM2 too, greedy) continued the prompt with the command removed.
-    assert offline.text.startswith(result.spans[0][1])
+    # The LLM (SmolLM2 too, greedy) continued the prompt with the command removed. The cloud's
+    # context evaluates in other batch shapes than the edge's, so the two greedy paths of one
+    # Q4 model may part at a near tie (measured: "a wise old woman" / "a wise old wizard"):
+    # they must agree on the opening words, which a wrong or missing prompt would not give.
+    cloud_text = result.spans[0][1]
+    assert cloud_text.split()[:4] == offline.text.split()[:4], (cloud_text, offline.text)
     clean_prompt_tokens = len(slm.tokenize(PROMPT.encode(), add_bos=True, special=True))
     assert calls[0].usage.prefilled_tokens == result.prefilled_tokens == clean_prompt_tokens
     # llama.cpp evaluated the prompt once, the 8 cloud tokens as one batch, then one token
