@@ -102,3 +102,32 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def passes_per_step(gguf, *, prompt: str, sessions: int = 8, threads: int | None = None) -> dict:
+    """Forward passes llama.cpp ran per engine step with `sessions` sessions decoding at once,
+    counted by its graph eval callback (a probe beside the timed sweep: the callback is slow)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from relayllm.cloud.backends.base import SamplingParams
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+    from relayllm.cloud.sessions import Session
+
+    backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=sessions, n_threads=threads,
+                                     count_passes=True)
+    try:
+        prompts = [backend.tokenize(f"{prompt} ({i})".encode()) for i in range(sessions)]
+
+        def call(i):
+            backend.generate(Session(key=("", f"probe{i}")), prompts[i], max_new_tokens=8, sampling=SamplingParams(),
+                             should_stop=lambda: None, emit=lambda t: None)
+
+        with ThreadPoolExecutor(sessions) as pool:
+            list(pool.map(call, range(sessions)))
+        steps = [r for r in backend.engine.history if not r.prefill_tokens]
+        full = [r for r in steps if len(r.decode_seqs) == sessions]
+        return {"sessions": sessions, "decode_steps": len(steps), "steps_with_every_session": len(full),
+                "passes_per_decode_step": sum(r.passes for r in steps) / len(steps) if steps else float("nan"),
+                "decode_tokens_per_step": sum(len(r.decode_seqs) for r in steps) / len(steps) if steps else 0.0}
+    finally:
+        backend.close()

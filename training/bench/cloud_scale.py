@@ -158,35 +158,6 @@ def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, pro
     return rows
 
 
-def passes_per_step(gguf, *, sessions: int = 8, threads: int | None = None) -> dict:
-    """Forward passes llama.cpp ran per engine step with `sessions` sessions decoding at once,
-    counted by its graph eval callback (a probe beside the timed sweep: the callback is slow)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from relayllm.cloud.backends.base import SamplingParams
-    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
-    from relayllm.cloud.sessions import Session
-
-    backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=sessions, n_threads=threads,
-                                     count_passes=True)
-    try:
-        prompts = [backend.tokenize(f"{SWEEP_PROMPT} ({i})".encode()) for i in range(sessions)]
-
-        def call(i):
-            backend.generate(Session(key=("", f"probe{i}")), prompts[i], max_new_tokens=8, sampling=SamplingParams(),
-                             should_stop=lambda: None, emit=lambda t: None)
-
-        with ThreadPoolExecutor(sessions) as pool:
-            list(pool.map(call, range(sessions)))
-        steps = [r for r in backend.engine.history if not r.prefill_tokens]
-        full = [r for r in steps if len(r.decode_seqs) == sessions]
-        return {"sessions": sessions, "decode_steps": len(steps), "steps_with_every_session": len(full),
-                "passes_per_decode_step": sum(r.passes for r in steps) / len(steps) if steps else float("nan"),
-                "decode_tokens_per_step": sum(len(r.decode_seqs) for r in steps) / len(steps) if steps else 0.0}
-    finally:
-        backend.close()
-
-
 def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, max_tokens: int = CALL_TOKENS,
                    anchor_tokens: int = 32, threads: int | None = None, gateway: bool = False, progress=print,
                    save=lambda result: None, model_levels: dict | None = None) -> dict:
@@ -197,6 +168,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
     from relayllm.cloud.harness import ServerThread
+    from relayllm.training.bench import cloud_anchor
     from relayllm.training.bench.cloud_anchor import batched_decode
 
     threads = threads or physical_cores()
@@ -221,7 +193,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
             anchor["vs_1"] = anchor["decode_tok_s"] / m["anchor"][0]["decode_tok_s"]
             anchor["step_vs_1"] = anchor["step_s"] / m["anchor"][0]["step_s"]
         progress(f"cloud: {label}, forward passes per step (probe)")
-        m["passes"] = passes_per_step(gguf, sessions=min(8, max(levels)), threads=threads)
+        m["passes"] = cloud_anchor.passes_per_step(gguf, prompt=SWEEP_PROMPT, sessions=min(8, max(levels)), threads=threads)
         if gateway:
             m["gateway"] = _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label)
         save(out)
