@@ -132,7 +132,7 @@ def test_resolve_takes_a_path_as_it_is_and_refuses_unknown_names(tmp_path, model
     own.write_bytes(b"GGUF")
     assert R.resolve_model(own) == own
     assert R.resolve_model(tmp_path) == tmp_path  # an HF folder for torch
-    with pytest.raises(R.RegistryError, match="model file not found: .* neither a file nor a registry name"):
+    with pytest.raises(R.RegistryError, match=r"model file not found: .*neither a file nor a registry name"):
         R.resolve_model(tmp_path / "nope.gguf")
 
 
