@@ -75,6 +75,19 @@ SLM_CALLING = {":": ["5", "<call>"], "<call>": ["4"], "4": ["</call>"], "5": [";
 SLM_WRITES_A_COMMAND = {":": ["5"], "5": ["<call>"], "<call>": ["2"], "2": ["</call>"], "#": ["8"], "8": ["EOS"]}
 
 
+def attentive_pair(tok, slm_transitions: dict, *, seed: int, scale: float):
+    """(SLM, LLM) bigram models whose SLM has noisy attention outputs (o_proj ~ N(0, scale)),
+    so its log-probs depend on what each position can see (padding, dropped commands)."""
+    import torch
+
+    slm = bigram_model(tok, slm_transitions)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for layer in slm.model.layers:
+            layer.self_attn.o_proj.weight.normal_(0, scale)
+    return slm, bigram_model(tok, LLM_TRANSITIONS)
+
+
 def save_pair(root: Path, slm_transitions: dict, llm_transitions: dict = LLM_TRANSITIONS) -> tuple[Path, Path]:
     """Save a crafted SLM and LLM as HF checkpoint folders (model + tokenizer)."""
     tok = tokenizer()

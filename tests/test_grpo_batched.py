@@ -26,12 +26,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def models(tok):
-    slm = rm.bigram_model(tok, SLM)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for layer in slm.model.layers:
-            layer.self_attn.o_proj.weight.normal_(0, 0.3)
-    return slm, rm.bigram_model(tok, rm.LLM_TRANSITIONS)
+    return rm.attentive_pair(tok, SLM, seed=3, scale=0.3)
 
 
 PROMPTS = ["1+1:", "12+30:", "2=", "7+7+7+7:", "3:"]

@@ -24,12 +24,8 @@ def tok():
 
 @pytest.fixture(scope="module")
 def models(tok):
-    slm = rm.bigram_model(tok, SLM_WRITES_A_COMMAND)
-    torch.manual_seed(1)
-    with torch.no_grad():  # attention on: the SLM's log-probs now depend on what it can see
-        for layer in slm.model.layers:
-            layer.self_attn.o_proj.weight.normal_(0, 0.5)
-    return slm, rm.bigram_model(tok, rm.LLM_TRANSITIONS)
+    # attention on: the SLM's log-probs now depend on what it can see
+    return rm.attentive_pair(tok, SLM_WRITES_A_COMMAND, seed=1, scale=0.5)
 
 
 def slm_logps(model, ids, prompt_len, completion):
