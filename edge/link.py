@@ -33,6 +33,8 @@ class CloudLink:
         self._sync_thread: threading.Thread | None = None
         self._since_sync = 0
         self._pending_audit: dict | None = None
+        self._open_error: Exception | None = None
+        self.max_tokens_per_call = 0  # the cloud's, from its Info (0: not known yet, or no cap)
 
     @property
     def active(self) -> bool:
@@ -49,6 +51,7 @@ class CloudLink:
             same = bool(info.tokenizer_fingerprint) and info.tokenizer_fingerprint == tokenizer_fingerprint(self.slm)
             # with a redactor the cloud gets rewritten text, which token ids cannot carry
             self.token_mode = same and self.privacy.redact is None
+            self.max_tokens_per_call = int(getattr(info, "max_tokens_per_call", 0) or 0)
             self.session = session
         return self.session
 
@@ -61,9 +64,27 @@ class CloudLink:
     def budget_for(self, n: int) -> int:
         return self.privacy.budget.allow(n)
 
+    def fit_call(self, n: int) -> int:
+        """`n` capped at the most tokens one Help call may ask this cloud for (its Info).
+
+        A router or an SLM may ask for more (the llm mode asks for the whole answer); the
+        cloud would refuse such a call outright, so the decoder asks for what the cloud
+        serves and, when the span should go on, calls again. Opening the session is the
+        call's first contact with the cloud: when it fails, `help` raises that error (one
+        attempt per call, as the circuit breaker counts them) and the SLM goes on."""
+        try:
+            self.open_session()
+        except Exception as exc:  # offline first: the call reports it
+            self._open_error = exc
+            return n
+        return min(n, self.max_tokens_per_call) if self.max_tokens_per_call > 0 else n
+
     # -- calls ----------------------------------------------------------------------------
     def help(self, view, n: int, sampling, stopped=None):
         """(stream of pieces, token mode) for a call asking for `n` tokens."""
+        if self._open_error is not None:
+            error, self._open_error = self._open_error, None
+            raise error
         self.wait_for_sync()
         session = self.open_session()
         context = self._context(view)

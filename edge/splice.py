@@ -109,6 +109,7 @@ def call_and_splice(req, requested: int, trigger: str, drop_from: int | None = N
     if n <= 0:
         req.degrade("budget: the day's cloud budget (in LLM tokens) is spent")
         return 0, False
+    n = req.link.fit_call(n)
     # 2) The call: stream the LLM's pieces to the app as they arrive.
     req.calls += 1
     yield CallStarted(n, trigger)

@@ -141,3 +141,35 @@ def test_one_request_at_a_time_per_decoder(slm):
     assert issubclass(DecoderBusy, EdgeError)
     first.close()
     assert decoder.generate(PROMPT).slm_tokens == 8
+
+
+def test_a_span_longer_than_the_clouds_per_call_limit_is_served_in_calls_the_cloud_accepts(slm, smollm2_path):
+    """The llm mode asks for the whole answer at once; a cloud serves at most its Info's
+    max_tokens_per_call per call and refuses more (INVALID_ARGUMENT). The SDK asks for what
+    the cloud serves, then calls again: the LLM writes every token and no call is refused
+    (before the fix each call was refused and the SLM wrote a token between refusals)."""
+    from relayllm.cloud.backends.llamacpp import LlamaCppBackend
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
+    from relayllm.edge import Limits, RelayDecoder
+    from relayllm.edge.client import CloudClient
+    from relayllm.edge.events import CallStarted
+    from relayllm.edge.routers import AlwaysLLMRouter
+    from relayllm.edge.sampling import Sampling
+
+    backend = LlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=2, n_threads=1)
+    try:
+        with ServerThread(backend, config=ServerConfig(max_tokens_per_call=8)) as server:
+            client = CloudClient(server.target, deadline_s=60)
+            decoder = RelayDecoder(slm, cloud=client, router=AlwaysLLMRouter(64), deadline_s=60,
+                                   sampling=Sampling(temperature=0.0),
+                                   limits=Limits(max_calls=10, max_total_tokens=24, max_llm_tokens=24))
+            events = list(decoder.stream(PROMPT))
+            client.close()
+    finally:
+        backend.close()
+    result = events[-1]
+    asked = [e.requested_tokens for e in events if isinstance(e, CallStarted)]
+    assert not result.degraded, result.degraded_reasons
+    assert result.slm_tokens == 0 and result.llm_tokens > 8
+    assert asked and max(asked) == 8 and len(asked) >= 2

@@ -178,3 +178,26 @@ def test_n_is_the_span_that_brings_the_slm_back_onto_the_llms_path():
     assert ex.calls == 2 and sum(ex.llm_mask) == 4  # 3 + 1 LLM tokens, each span as long as needed
     fixed = warmup.insert_guided(path, greedy, _FakeTok(), n_call=2, max_calls=2, n_rule="fixed")
     assert sum(fixed.llm_mask) == 4  # 2 + 2
+
+
+def test_lora_warmup_trains_adapters_and_the_command_rows_only_and_ships_a_merged_checkpoint(tmp_path):
+    """lora_r > 0 (the real pair's recipe): peft LoRA on the attention projections plus the two
+    command tokens' embedding rows; the adapter is saved apart (what a release ships) and the
+    merged model is a plain checkpoint. Every other embedding row is the base model's."""
+    slm_dir, llm_dir = rm.save_pair(tmp_path, rm.SLM_DIVERGING)
+    rows = [{"prompt": rm.PROMPT, "answer": rm.ANSWER}] * 8
+    out = tmp_path / "warm-lora"
+    warmup.run_warmup(slm_dir, llm_dir, out, rows=rows, n_call=2, steps=3, batch_size=4, save_steps=1, lr=5e-2,
+                      lora_r=4, lora_alpha=8, progress=False)
+    assert (out / warmup.ADAPTER_DIR / "adapter_config.json").is_file()
+    adapter_cfg = json.loads((out / warmup.ADAPTER_DIR / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == 4 and set(adapter_cfg["target_modules"]) == set(warmup.LORA_TARGETS)
+    base, tok = load_checkpoint(slm_dir)
+    merged, _ = load_checkpoint(out)
+    open_id, close_id = tok.convert_tokens_to_ids(["<call>", "</call>"])
+    b, m = base.get_input_embeddings().weight, merged.get_input_embeddings().weight
+    others = [i for i in range(b.shape[0]) if i not in (open_id, close_id)]
+    assert torch.equal(b[others], m[others])  # only the command rows may change
+    q_base = base.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q_base, merged.model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
+    assert torch.equal(base.model.layers[0].mlp.up_proj.weight, merged.model.layers[0].mlp.up_proj.weight)

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cloud.add_argument("--llm", metavar="GGUF|NAME",
                        help="the LLM (a GGUF path or a registry name), served by a cloud started on loopback for this run")
     cloud.add_argument("--cloud", metavar="HOST:PORT", help="a running `relayllm serve`")
+    parser.add_argument("--relay-slm", metavar="GGUF",
+                        help="--mode all: a relay SLM for this pair (relayllm train): relay rows join the table")
     parser.add_argument("--router", metavar="ONNX", help="r2r / citer modes: the trained router file")
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                         help="relay mode: calibration thresholds (the SLM writes <call> where its P(<call>) reaches "
@@ -73,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-minutes", type=float, default=None, metavar="M",
                         help="stop between two questions after M minutes; records are kept under <out>/records and "
                              "the same command goes on where it stopped")
+    parser.add_argument("--deadline-s", type=float, default=120.0, metavar="S",
+                        help="per cloud call (default 120: the harness measures answers, not latency)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="the SLM's context size (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random routers (default 0)")
     parser.add_argument("--out", default="runs/eval", metavar="DIR", help="results folder (default runs/eval)")
@@ -164,14 +168,17 @@ def run(args: argparse.Namespace) -> int:
                                              instruction=instruction, max_tokens=args.max_tokens, seed=args.seed,
                                              progress=not args.no_progress, n_ctx=args.n_ctx,
                                              journal_dir=Path(args.out) / "records", journal_key=journal_key,
-                                             budget=Budget(args.budget_minutes)))
+                                             budget=Budget(args.budget_minutes), deadline_s=args.deadline_s))
         if args.mode == "all":
             from relayllm.training.data import gsm8k
+
+            relay_slm = str(registry.resolve_model(args.relay_slm)) if args.relay_slm else None
             from relayllm.training.eval import suite
 
             summary = suite.run_table(ev, val_ex=gsm8k.load("validation", args.validation), test_ex=examples,
                                       slm=slm, out=args.out, thresholds=args.thresholds or suite.THRESHOLDS,
-                                      say=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True))
+                                      say=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True),
+                                      relay_slm=relay_slm, relay_context=args.command_context or "keep")
             print((Path(args.out) / E.TABLE_FILE).read_text())
             print(f"evaluation {summary['eval_s'] / 60:.1f} min; wrote {args.out}/", file=sys.stderr)
             return 0

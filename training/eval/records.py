@@ -27,7 +27,7 @@ from relayllm.training.data.benchmark import Example
 Grader = Callable[[str, str], bool]  # (response, gold answer) -> correct
 # How a mode is named in tables and logs where its key would overstate it: "query" sends a
 # random share of whole questions to the LLM; no router learns which (training/eval/modes.py).
-MODE_NAMES = {"query": "random query split"}
+MODE_NAMES = {"query": "random query split", "relay-alone": "relay SLM alone (calls off)"}
 
 
 @dataclass

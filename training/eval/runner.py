@@ -79,8 +79,11 @@ class Evaluator:
     def __init__(self, *, cloud_target: str | None, grader: Grader, prompt: Callable[[str], str] | None = None,
                  instruction: str | None = None, max_tokens: int = 256, max_calls: int = 4, seed: int = 0,
                  progress: bool = True, n_ctx: int = 2048, journal_dir: str | Path | None = None,
-                 journal_key: dict | None = None, budget: Budget | None = None):
+                 journal_key: dict | None = None, budget: Budget | None = None, deadline_s: float = 120.0):
         self.cloud_target = cloud_target
+        # per cloud call: the harness measures answers, not latency, and an llm-mode call of
+        # 256 tokens from a 1.5B on 2 CPU cores takes ~15 s (an app's default is 10 s)
+        self.deadline_s = float(deadline_s)
         # resumable runs: records appended under journal_dir, in files keyed by journal_key
         # (what decides the answers beyond the mode: the models, the data), and a time budget
         self.journal_dir = journal_dir
@@ -104,7 +107,7 @@ class Evaluator:
         if self._client is None:
             from relayllm.edge.client import CloudClient
 
-            self._client = CloudClient(self.cloud_target)
+            self._client = CloudClient(self.cloud_target, deadline_s=self.deadline_s)
         return self._client
 
     def model(self, gguf: str | Path, *, embedding: bool = False):
@@ -130,7 +133,7 @@ class Evaluator:
         chat = self.instruction is not None and gguf_has_chat_template(llama)
         return RelayDecoder(llama, cloud=self.client() if cloud else None, limits=limits, router=router,
                             sampling=greedy_sampling(), call_threshold=call_threshold, chat=chat, n_ctx=self.n_ctx,
-                            command_context=command_context)
+                            command_context=command_context, deadline_s=self.deadline_s)
 
     def text_for(self, decoder, question: str) -> str:
         """What the decoder is given for `question` (before its chat template, when it applies one)."""
@@ -189,6 +192,12 @@ class Evaluator:
         if call_threshold is None:
             return self._run(examples, dec, "relay", **key)
         return self._run(examples, dec, "relay", call_threshold, "call_threshold", **key)
+
+    def run_relay_alone(self, examples, relay_slm) -> ModeRun:
+        """The relay SLM with no cloud: what its fine-tuning alone does to the SLM (a command it
+        writes gets nothing and it goes on), told apart from what its calls add."""
+        return self._run(examples, self.decoder(relay_slm, cloud=False, max_calls=0), "relay-alone",
+                         slm=model_id(relay_slm))
 
     def run_random(self, examples, slm, p: float) -> ModeRun:
         from relayllm.edge.routers import RandomRouter

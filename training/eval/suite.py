@@ -13,8 +13,11 @@ registry):
    measured). The test grows in chunks of `chunk` questions, every mode on each chunk before
    the next, and the table is written after each: a run cut short still reports every mode
    on the same questions.
-The relay SLM and the R2R / CITER routers join when they exist for this pair (issue "Relay
-training at real size"); until then their rows are said to be missing, never filled in.
+With a relay SLM (`--relay-slm GGUF`: `relayllm train` on training/relay/recipes/), its call
+threshold is chosen on validation by the same rule, and the development test gets relay at
+that setting plus the relay SLM alone (calls off), so that what calling adds and what the
+fine-tuning adds are told apart. R2R and CITER join when routers exist for this pair; until
+then their rows are said to be missing, never filled in.
 
 Every answer is appended to `<out>/records/` as it is made: an interrupted run (or one
 stopped by `--budget-minutes`) goes on where it stopped, and the committed records are what
@@ -34,10 +37,13 @@ QUERY_SHARES = (0.25, 0.5)
 # fixed points (not the chosen row's own ratio, which moves as the test grows): the sweep stops
 # at the first p that reaches the chosen row's accuracy
 RANDOM_P = (0.1, 0.3)
+# relay: None = the SLM's own greedy choice alone; else RelayDecoder's call_threshold (it
+# writes `<call>` where its probability of it reaches the threshold)
+RELAY_CALL_THRESHOLDS = (None, 0.3, 0.1)
 
 
 def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLDS, ratio_cap: float | None = None,
-              chunk: int = 10, say=print) -> dict:
+              chunk: int = 10, say=print, relay_slm=None, relay_context: str = "keep") -> dict:
     """Both passes (module doc) with the Evaluator `ev`; writes `<out>` and returns the summary."""
     from relayllm.training import eval as E
 
@@ -50,6 +56,12 @@ def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLD
            "confidence": [ev.run_confidence(val_ex, slm, t) for t in thresholds]}
     choice = E.choose(val["confidence"], ratio_cap)
     say(f"chosen on validation: confidence threshold {choice.setting:g} ({choice.reason})")
+    relay_choice = None
+    if relay_slm is not None:
+        say(f"validation: relay ({relay_context}) at call thresholds {RELAY_CALL_THRESHOLDS}")
+        val["relay"] = [ev.run_relay(val_ex, relay_slm, t, relay_context) for t in RELAY_CALL_THRESHOLDS]
+        relay_choice = E.choose(val["relay"], ratio_cap)
+        say(f"chosen on validation: relay call_threshold {relay_choice.setting} ({relay_choice.reason})")
     # 2) development test: what the table reports, grown in chunks so that a run cut short
     #    (or stopped by its budget) always leaves a table of every mode on the same questions
     step = max(1, min(chunk, len(test_ex)))
@@ -61,11 +73,16 @@ def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLD
         tst["query"] = [ev.run_query(tst["slm"][0], tst["llm"][0], s) for s in QUERY_SHARES]
         best = tst["confidence"][0]
         tst["random"] = E.sweep_until(lambda p: ev.run_random(part, slm, p), RANDOM_P, best.accuracy)
-        summary = _write(out, val, tst, choice, ratio_cap, time.perf_counter() - started, len(val_ex), len(part))
+        if relay_choice is not None:
+            tst["relay"] = [ev.run_relay(part, relay_slm, relay_choice.setting, relay_context)]
+            tst["relay-alone"] = [ev.run_relay_alone(part, relay_slm)]
+        summary = _write(out, val, tst, choice, ratio_cap, time.perf_counter() - started, len(val_ex), len(part),
+                         relay_choice)
     return summary
 
 
-def _write(out: Path, val: dict, tst: dict, choice, ratio_cap: float, eval_s: float, n_val: int, n_test: int) -> dict:
+def _write(out: Path, val: dict, tst: dict, choice, ratio_cap: float, eval_s: float, n_val: int, n_test: int,
+           relay_choice=None) -> dict:
     from relayllm.training import eval as E
 
     for mode, runs in tst.items():
@@ -73,7 +90,8 @@ def _write(out: Path, val: dict, tst: dict, choice, ratio_cap: float, eval_s: fl
     for mode, runs in val.items():
         E.write_mode_json(out / "validation", mode, runs, {"data": "GSM8K validation", "n": n_val})
     summary = {"choice": choice.to_dict(), "ratio_cap": ratio_cap, "eval_s": eval_s,
-               "n_validation": n_val, "n_test": n_test}
+               "n_validation": n_val, "n_test": n_test,
+               "relay_choice": relay_choice.to_dict() if relay_choice is not None else None}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     render(out)
     return summary
@@ -91,8 +109,9 @@ def render(out: str | Path) -> Path:
     for r in tst:
         by.setdefault(r.mode, []).append(r)
     slm, llm = by["slm"][0], by["llm"][0]
-    rows = [slm, llm, *by.get("confidence", []), *by.get("query", []), *sorted(by.get("random", []), key=lambda r: r.setting)]
-    labels = [r.label + (" (chosen on validation)" if r.mode == "confidence" else "") for r in rows]
+    rows = [slm, llm, *by.get("relay", []), *by.get("relay-alone", []), *by.get("confidence", []),
+            *by.get("query", []), *sorted(by.get("random", []), key=lambda r: r.setting)]
+    labels = [r.label + (" (chosen on validation)" if r.mode in ("confidence", "relay") else "") for r in rows]
     best = by["confidence"][0]
     gap = E.gap_recovered(slm.accuracy, best.accuracy, llm.accuracy)
     headline = "\n".join(f"- {h}" for h in (
@@ -100,7 +119,10 @@ def render(out: str | Path) -> Path:
         f"rule: {E.rule_text(summary['ratio_cap'])}",
         f"gap recovered by the confidence router (conf - slm) / (llm - slm): {E.fmt_fraction(gap)} "
         f"at {best.llm_token_ratio:.1%} LLM tokens",
-        "relay, R2R and CITER: not in this table yet (no relay SLM or routers trained for this pair)",
+        *([f"gap recovered by relay: {E.fmt_fraction(E.gap_recovered(slm.accuracy, by['relay'][0].accuracy, llm.accuracy))} "
+           f"at {by['relay'][0].llm_token_ratio:.1%} LLM tokens"] if by.get("relay") else
+          ["relay: not in this table (no relay SLM given)"]),
+        "R2R and CITER: not in this table yet (no routers trained for this pair)",
         f"evaluation wall time: {summary['eval_s'] / 60:.0f} min on this machine (records resumed count their own time)",
     ))
     table = ("## Development test\n\n" + E.markdown_table(rows, llm=llm, labels=labels)

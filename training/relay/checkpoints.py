@@ -37,7 +37,7 @@ def command_ids(tokenizer, n: int) -> list[int]:
     return [open_id, *tokenizer.encode(str(int(n)), add_special_tokens=False), close_id]
 
 
-def load_checkpoint(path, *, what: str = "model"):
+def load_checkpoint(path, *, what: str = "model", dtype=torch.float32):
     """(model, tokenizer) from an HF checkpoint folder or a GGUF file (transformers
     dequantizes it into a torch model with its tokenizer), command tokens ensured, in eval
     mode, on the GPU when there is one (training then runs there; TRL keeps it)."""
@@ -51,7 +51,7 @@ def load_checkpoint(path, *, what: str = "model"):
     else:
         raise TrainingError(f"{what}: neither an HF checkpoint folder (no config.json) nor a GGUF file: {path}")
     tokenizer = AutoTokenizer.from_pretrained(where, **kw)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     if kw:  # transformers dequantized the GGUF into plain float32 weights: a trainable model,
         # not a quantized one (its quantization marks would make the Trainer refuse it)
         model.is_quantized, model.hf_quantizer = False, None

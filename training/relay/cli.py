@@ -72,6 +72,11 @@ def _model(value, what: str, *, cloud_ok: bool = False) -> str:
     if cloud_ok and str(value).startswith("grpc://"):
         return str(value)
     path = Path(value)
+    if not path.exists():
+        from relayllm.protos import registry
+
+        if str(value) in registry.MODELS:  # a registry name: pulled on first use
+            return str(registry.resolve_model(str(value)))
     if path.is_file() and path.suffix == ".gguf":
         return str(path)
     if not (path / "config.json").is_file():

@@ -79,9 +79,18 @@ class WarmupConfig:
     lr: float = _f(1e-3, "learning rate (the paper: 2e-5 on 1.7B; this default is for the tiny models)")
     batch_size: int = _f(16, "rows per device per step")
     save_steps: int = _f(20, "checkpoint every this many steps (resume point)")
+    llm_paths: str = _f("torch", "who writes the LLM's solving paths: 'torch' (the LLM loaded for training) or "
+                                 "'llama.cpp' (its GGUF, greedy: a real LLM writes ~20 tokens/s there on 2 cores)")
+    lora_r: int = _f(0, "LoRA rank on the attention projections, plus the command tokens' embedding rows "
+                        "(peft); 0: full fine-tuning (the tiny models)")
+    lora_alpha: int = _f(32, "LoRA scaling alpha (with lora_r > 0)")
+    bf16: bool = _f(False, "train in bfloat16 (about 2x faster than float32 on an AVX-512 CPU)")
 
     def __post_init__(self):
         _rows_ok(self.rows, "warmup")
+        _need(self.llm_paths in ("torch", "llama.cpp"), "warmup",
+              f"llm_paths must be 'torch' or 'llama.cpp', got {self.llm_paths!r}")
+        _need(self.lora_r >= 0 and self.lora_alpha >= 1, "warmup", "lora_r must be >= 0 and lora_alpha >= 1")
         _need(self.strategy in WARMUP_STRATEGIES, "warmup", f"strategy must be one of {WARMUP_STRATEGIES}, "
                                                             f"got {self.strategy!r}")
         for name in ("n_examples", "n_call", "max_new_tokens", "batch_size", "save_steps"):
@@ -164,7 +173,8 @@ class TrainConfig:
     llm: str | None = _f(None, "the helper LLM: HF folder, GGUF file (same tokenizer as the SLM), or "
                                "grpc://HOST:PORT (a running `relayllm serve`; GRPO only)")
     out: str | None = _f(None, "output folder: warmup/, grpo/, gguf/ go under it")
-    data: str | None = _f(None, "JSONL of questions and answers (GSM8K's '#### n' included); "
+    data: str | None = _f(None, "JSONL of questions and answers (GSM8K's '#### n' included), or "
+                                "'gsm8k:pool' (a subset shipped in training/data/gsm8k); "
                                 "default: the built-in task's train split")
     instruction: str = _f(DEFAULT_INSTRUCTION, "with `data`: the line after each question in the chat turn")
     chat: bool | None = _f(None, "with `data`: use the SLM tokenizer's chat template (default: when it has one)")
@@ -174,6 +184,14 @@ class TrainConfig:
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "the export stage"})
 
     def __post_init__(self):
+        if self.data is not None and str(self.data).startswith("gsm8k:"):
+            from relayllm.training.data import gsm8k
+
+            split = str(self.data).split(":", 1)[1]
+            # never a subset that reports results: the dev-test is for the table alone
+            _need(split == "pool", "top", f"data: gsm8k:{split} is not for training (validation chooses, "
+                                          "dev-test reports): use gsm8k:pool")
+            self.data = str(gsm8k.path(split))
         if self.data is not None:
             _need(Path(self.data).is_file(), "top", f"data: no such file: {self.data}")
 

@@ -38,6 +38,10 @@ from relayllm.training.relay.config import WarmupConfig
 
 DONE_MARK = "warmup_done.json"
 DATA_FILE = "warmup_data.jsonl"
+ADAPTER_DIR = "adapter"
+PATHS_FILE = "llm_paths.jsonl"
+# LoRA goes on the attention projections (Llama / Qwen2 / SmolLM names)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
@@ -196,10 +200,11 @@ def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: 
 def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strategy: str = "guided", n_call: int = 4,
                    max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True,
                    call_below: float = 0.0, grader=None, solved_only: bool = True,
-                   n_rule: str = "recover") -> list[WarmupExample]:
+                   n_rule: str = "recover", solutions: list[list[int]] | None = None) -> list[WarmupExample]:
     """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies).
     `grader(text, answer)`: the built-in task's by default; `solved_only=False` keeps
-    solutions that miss the answer too."""
+    solutions that miss the answer too. `solutions`: the solver's paths when they were
+    written elsewhere (training/relay/llm_paths.py: a GGUF LLM through llama.cpp)."""
     if grader is None:
         from relayllm.training.data import task
 
@@ -210,10 +215,11 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
         raise TrainingError(f"unknown warm-up strategy {strategy!r}: choose one of {STRATEGIES}")
     rng = random.Random(seed)
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
-    solver = slm if strategy == "random" else llm
-    if solver is None:
-        raise TrainingError("the guided warm-up needs the LLM")
-    solutions = greedy_ids(solver, tokenizer, prompts, max_new_tokens)
+    if solutions is None:
+        solver = slm if strategy == "random" else llm
+        if solver is None:
+            raise TrainingError("the guided warm-up needs the LLM")
+        solutions = greedy_ids(solver, tokenizer, prompts, max_new_tokens)
     examples = []
     for (prompt_text, answer), p_ids, sol in tqdm(list(zip(pairs, prompts, solutions)), desc=f"warm-up data ({strategy})",
                                                  disable=not progress, mininterval=1.0):
@@ -233,8 +239,30 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
     return examples
 
 
+def _llama_cpp_paths(llm, tokenizer, pairs, max_new_tokens: int, out_dir: Path, progress: bool) -> list[list[int]]:
+    """The LLM's greedy solutions written by llama.cpp from its GGUF (cached per question)."""
+    from relayllm.training.relay.llm_paths import gguf_solutions
+
+    if not (Path(str(llm)).is_file() and str(llm).endswith(".gguf")):
+        raise TrainingError(f"llm_paths 'llama.cpp' needs the LLM's GGUF file, got {llm}")
+    prompts = [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
+    return gguf_solutions(llm, prompts, max_new_tokens, cache_file=out_dir / PATHS_FILE, progress=progress,
+                          stop_ids=(tokenizer.eos_token_id,))
+
+
 # ---------------------------------------------------------------------------------------
 # Training
+
+
+def with_lora(model, c: WarmupConfig, command_token_ids: tuple[int, int]):
+    """The model with LoRA adapters (peft) on its attention projections, and the command
+    tokens' embedding rows trainable (peft's trainable tokens: only those rows change; a
+    tied output head follows them), everything else frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
+                        trainable_token_indices={"embed_tokens": list(command_token_ids)}, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
 
 
 def _last_checkpoint(out_dir: Path) -> str | None:
@@ -291,30 +319,42 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
     if resume and (out_dir / DONE_MARK).is_file():
         return out_dir
     set_seed(seed)
-    model, tokenizer = load_checkpoint(slm, what="SLM")
-    add_command_tokens(tokenizer, model)
+    model, tokenizer = load_checkpoint(slm, what="SLM", dtype=torch.bfloat16 if c.bf16 else torch.float32)
+    open_id, close_id = add_command_tokens(tokenizer, model)
     data_file = out_dir / DATA_FILE
     if resume and data_file.is_file():
         examples = [WarmupExample(**json.loads(line)) for line in data_file.read_text().splitlines()]
     else:
-        llm_model = load_checkpoint(llm, what="LLM")[0] if c.strategy == "guided" else None
+        out_dir.mkdir(parents=True, exist_ok=True)
         pairs = _rows(rows, prompts, answers, c.n_examples, seed, questions=questions, tokenizer=tokenizer)
+        llm_model = solutions = None
+        if c.strategy == "guided" and c.llm_paths == "llama.cpp":
+            solutions = _llama_cpp_paths(llm, tokenizer, pairs, c.max_new_tokens, out_dir, progress)
+        elif c.strategy == "guided":
+            llm_model = load_checkpoint(llm, what="LLM")[0]
         examples = build_examples(model, llm_model, tokenizer, pairs, strategy=c.strategy, n_call=c.n_call,
                                   max_calls=c.max_calls, seed=seed, progress=progress, call_below=c.call_below,
                                   max_new_tokens=c.max_new_tokens, solved_only=c.solved_only,
-                                  grader=questions.grader if questions is not None else None, n_rule=c.n_rule)
+                                  grader=questions.grader if questions is not None else None, n_rule=c.n_rule,
+                                  solutions=solutions)
         del llm_model
         if c.clean_context and c.strategy == "guided":
-            open_id, close_id = add_command_tokens(tokenizer)
             examples = [row for ex in examples for row in clean_context_rows(ex, open_id, close_id)]
-        out_dir.mkdir(parents=True, exist_ok=True)
         data_file.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
+    if c.lora_r > 0:
+        model = with_lora(model, c, (open_id, close_id))
     trainer = make_trainer(model, tokenizer, examples, out_dir, train_llm_tokens=c.train_llm_tokens, epochs=c.epochs,
                            max_steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=seed, progress=progress,
                            save_steps=c.save_steps)
     last = _last_checkpoint(out_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out_dir))
+    if c.lora_r > 0:
+        # the adapter (small: what a release ships) apart, then the merged model, a plain HF
+        # checkpoint that GRPO, the export and the parity checks read like any other
+        trainer.save_model(str(out_dir / ADAPTER_DIR))
+        trainer.model.merge_and_unload().save_pretrained(str(out_dir))
+    else:
+        trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"strategy": c.strategy, "examples": len(examples), "calls": sum(e.calls for e in examples),

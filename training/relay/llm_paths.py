@@ -1,0 +1,63 @@
+"""The LLM's solving paths for the guided warm-up, written by llama.cpp from the LLM's GGUF.
+
+The guided warm-up (training/relay/warmup.py) needs the LLM's greedy solution of every
+training question: the SLM is taught to call where it departs from that path. For the
+project's tiny models torch writes them; for a real LLM (the 1.5B of the real pair) torch on
+2 CPU cores would dequantize it into 6 GB of float32 and write a few tokens per second,
+while llama.cpp runs its own Q4_K_M file at ~20 tokens/s. The two share the tokenizer, so
+the paths are token ids the SLM's tokenizer reads as they are.
+
+Paths are appended to a JSONL cache, one line per question (keyed by the prompt's ids), so
+an interrupted build goes on where it stopped; a progress bar shows the ETA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def _key(prompt_ids: list[int], max_new_tokens: int) -> str:
+    return hashlib.sha256(json.dumps([prompt_ids, max_new_tokens]).encode()).hexdigest()[:16]
+
+
+def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_tokens: int, *,
+                   cache_file: str | Path | None = None, n_ctx: int = 2048, progress: bool = True,
+                   stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+    """The LLM's greedy completion (token ids, the end token kept when it ended) of each
+    prompt. It ends at llama.cpp's EOS or any of `stop_ids` (the SLM tokenizer's EOS)."""
+    from tqdm.auto import tqdm
+
+    from relayllm.edge.models import quiet_llama
+
+    cache: dict[str, list[int]] = {}
+    cache_path = Path(cache_file) if cache_file is not None else None
+    if cache_path is not None and cache_path.is_file():
+        for line in cache_path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                cache[row["key"]] = row["ids"]
+    keys = [_key(p, max_new_tokens) for p in prompts]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    if todo:
+        llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx)
+        ends = {int(llm.token_eos()), *map(int, stop_ids)}
+        try:
+            out = cache_path.open("a") if cache_path is not None else None
+            for i in tqdm(todo, desc="LLM paths (llama.cpp, greedy)", disable=not progress, mininterval=1.0):
+                ids: list[int] = []
+                llm.reset()
+                for token in llm.generate(prompts[i], temp=0.0, top_k=1, reset=True):
+                    ids.append(int(token))
+                    if token in ends or len(ids) >= max_new_tokens:
+                        break
+                cache[keys[i]] = ids
+                if out is not None:  # one line per question: a cut build keeps what it wrote
+                    out.write(json.dumps({"key": keys[i], "ids": ids}) + "\n")
+                    out.flush()
+        finally:
+            if todo and out is not None:
+                out.close()
+            llm.close()
+    return [cache[k] for k in keys]
