@@ -4,6 +4,12 @@ Edge and cloud compare it before speaking in token ids (token mode of the Help R
 sha256 over the vocabulary: for every token id in order, its byte length (uint32 LE) and
 its bytes as llama.cpp renders them (special tokens as their text). The transformers
 backend computes the same string from a Hugging Face tokenizer.
+
+A relay SLM is its base model with the two command tokens `<call>` `</call>` appended at the
+end of the vocabulary (training/relay/checkpoints.py). They never reach the cloud (what the
+LLM is shown has every command removed: protos/grammar.py), so the fingerprint leaves such a
+trailing pair out: a relay SLM built on the cloud LLM's tokenizer still speaks token ids
+with it, as its base did.
 """
 
 from __future__ import annotations
@@ -13,8 +19,16 @@ import hashlib
 import struct
 from typing import Iterable
 
+from relayllm.protos.grammar import COMMAND_TOKENS
+
+
+COMMAND_PIECES = [t.encode() for t in COMMAND_TOKENS]
+
 
 def fingerprint_of_pieces(pieces: Iterable[bytes]) -> str:
+    pieces = list(pieces)
+    if pieces[-2:] == COMMAND_PIECES:
+        pieces = pieces[:-2]
     digest = hashlib.sha256()
     count = 0
     for piece in pieces:

@@ -107,3 +107,45 @@ def test_eval_suite_refuses_bad_combinations(capsys):
     assert "--suite gsm8k" in capsys.readouterr().err
     assert main(["eval", "--suite", "gsm8k", "--mode", "relay"]) == 2
     assert "relay SLM trained for the pair" in capsys.readouterr().err
+
+
+def test_a_relay_slms_trailing_command_tokens_leave_its_fingerprint_its_bases():
+    """The relay SLM = its base + `<call>` `</call>` appended; they never go to the cloud, so
+    the SLM keeps speaking token ids with its base's LLM. Anywhere else they count."""
+    from relayllm.protos.fingerprint import fingerprint_of_pieces
+
+    base = [b"a", b"b", b"<|im_end|>"]
+    assert fingerprint_of_pieces(base + [b"<call>", b"</call>"]) == fingerprint_of_pieces(base)
+    assert fingerprint_of_pieces(base + [b"</call>", b"<call>"]) != fingerprint_of_pieces(base)
+    assert fingerprint_of_pieces([b"<call>", b"</call>"] + base) != fingerprint_of_pieces(base)
+    assert fingerprint_of_pieces(base + [b"<call>"]) != fingerprint_of_pieces(base)
+
+
+def test_two_splits_under_one_journal_key_resume_without_answering_again(tmp_path):
+    """The suite answers validation and the development test under one key: their indices
+    collide (question 0 of each), their questions do not. Resuming reads each split's own
+    records (before the fix each pass overwrote the other's by index and re-answered it)."""
+    from relayllm.training.data.grading import make_grader
+    from relayllm.training.eval.journal import Journal
+    from relayllm.training.eval.runner import run_mode
+
+    class Answer:  # what a decoder's Result carries, enough to grade and count
+        def __init__(self, text):
+            self.text, self.slm_tokens, self.llm_tokens, self.calls = text, 3, 0, 0
+            self.degraded, self.degraded_reasons, self.finish_reason = False, [], "eos"
+            self.prefilled_tokens = self.reused_tokens = 0
+            self.spans, self.llm_token_ratio, self.wall_s = [("slm", text)], 0.0, 0.0
+
+    asked = []
+
+    def answer(question):
+        asked.append(question)
+        return Answer("\\boxed{1}")
+
+    journal = Journal(tmp_path, {"mode": "slm"})
+    val, test = gsm8k.load("validation", 3), gsm8k.load("dev-test", 3)
+    grader = make_grader("math")
+    for split in (val, test, val, test):
+        run_mode(split, answer, grader, mode="slm", progress=False, journal=journal)
+    assert asked == [e.question for e in val + test]  # each answered once
+    assert len(journal.path.read_text().splitlines()) == 6

@@ -38,9 +38,11 @@ class Journal:
         label = "-".join(str(key.get(k)) for k in ("mode", "setting") if key.get(k) is not None)
         self.path = Path(folder) / f"{label}-{digest}.jsonl"
 
-    def done(self) -> dict[int, QuestionRecord]:
-        """Records already written, by question index (a torn last line, from a kill, is ignored)."""
-        out: dict[int, QuestionRecord] = {}
+    def done(self) -> dict[tuple[int, str], QuestionRecord]:
+        """Records already written, by (question index, question) (a torn last line, from a
+        kill, is ignored). The question is part of the key: two splits answered under one
+        key (the suite's validation and development test) share indices, not questions."""
+        out: dict[tuple[int, str], QuestionRecord] = {}
         if not self.path.is_file():
             return out
         for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -48,7 +50,7 @@ class Journal:
                 rec = QuestionRecord(**json.loads(line))
             except (ValueError, TypeError):
                 continue
-            out[rec.index] = rec
+            out[(rec.index, rec.question)] = rec
         return out
 
     def append(self, record: QuestionRecord) -> None:

@@ -41,8 +41,8 @@ def run_mode(examples: Sequence[Example], answer: Callable[[str], object], grade
     bar = tqdm(total=len(examples), desc=desc, unit="q", disable=not progress, leave=False)
     with bar:
         for i, ex in enumerate(examples):
-            old = done.get(i)
-            if old is not None and old.question == ex.question:
+            old = done.get((i, ex.question))
+            if old is not None:
                 records.append(old)
                 resumed_s += old.wall_s
                 bar.update(1)
