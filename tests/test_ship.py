@@ -1,0 +1,56 @@
+"""The shipped relay SLM: its adapter matches its manifest, and the manifest the recipe.
+
+A LoRA warm-up on the crafted bigram pair stands in for the real run (same code path, seconds
+instead of an hour); the committed artifact is checked as it is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import relay_models as rm
+
+from relayllm.training.relay import ship, warmup
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ship")
+    slm_dir, llm_dir = rm.save_pair(root, rm.SLM_DIVERGING)
+    warmup.run_warmup(slm_dir, llm_dir, root / "run" / "warmup", rows=[{"prompt": rm.PROMPT, "answer": rm.ANSWER}] * 4,
+                      n_call=2, steps=1, batch_size=4, lr=1e-2, lora_r=2, lora_alpha=4, progress=False)
+    recipe = root / "recipe.toml"
+    recipe.write_text('slm = "x"\n[warmup]\nlora_r = 2\n')
+    folder = ship.package(root / "run", folder=root / "shipped", recipe=recipe, validation={"relay": 0.5})
+    return folder, recipe
+
+
+def test_a_packaged_adapter_matches_its_manifest(packaged):
+    folder, recipe = packaged
+    assert ship.check(folder, recipe) == []
+    m = ship.manifest(folder)
+    assert m["steps"] == 1 and m["validation"] == {"relay": 0.5} and set(m["files"]) == set(ship.ADAPTER_FILES)
+    assert m["command_context"] == "keep" and "ship package" in m["rebuild"]
+
+
+def test_a_changed_recipe_or_adapter_makes_the_shipped_artifact_stale(packaged, tmp_path):
+    folder, recipe = packaged
+    changed = tmp_path / "recipe.toml"
+    changed.write_text(recipe.read_text().replace("lora_r = 2", "lora_r = 4"))
+    [problem] = ship.check(folder, changed)
+    assert "recipe" in problem and "retrain" in problem
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in (*ship.ADAPTER_FILES, ship.MANIFEST):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    cfg = json.loads((copy / "adapter_config.json").read_text())
+    cfg["r"] = 3
+    (copy / "adapter_config.json").write_text(json.dumps(cfg))
+    assert ship.check(copy, recipe) == ["adapter_config.json is not the file the manifest names"]
+
+
+@pytest.mark.skipif(not (ship.SHIPPED / ship.MANIFEST).is_file(), reason="no relay adapter is committed")
+def test_the_committed_relay_adapter_matches_its_manifest_and_todays_recipe():
+    assert ship.check() == []
+    m = ship.manifest()
+    assert m["base"] == "qwen2.5-coder-0.5b-instruct" and m["recipe"].endswith(ship.RECIPE.name)

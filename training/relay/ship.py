@@ -1,0 +1,152 @@
+"""The shipped relay SLM: a LoRA adapter committed with its manifest, built into a GGUF on first use.
+
+What relay training on the real pair produces is small: LoRA matrices on the 0.5B's attention
+projections plus the two command tokens' embedding rows (training/relay/warmup.py with_lora),
+a few MB. It is committed under training/relay/shipped/<name>/ with a manifest that says how it
+was made (recipe and its sha256, data subset, seed, commit, steps, validation figures) and the
+sha256 of every adapter file. The registry names it (`qwen2.5-coder-0.5b-relay`); the first
+`relayllm models pull` of it builds the edge's GGUF: the base GGUF (from the registry) loaded
+into torch, the adapter merged, llama.cpp's converter, the manifest's quantization, an atomic
+rename into the models cache. That needs the train extra (torch); the edge then runs the file
+like any other.
+
+    python -m relayllm.training.relay.ship package runs/relay-pair   # after `relayllm train warmup`
+    python -m relayllm.training.relay.ship check                      # the manifest still matches
+
+`check()` is what the tests run: the recipe changed since the adapter was trained, or an
+adapter file is not the one the manifest names, and the shipped artifact is stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+NAME = "qwen2.5-coder-0.5b-relay"
+HERE = Path(__file__).parent
+SHIPPED = HERE / "shipped" / NAME
+RECIPE = HERE / "recipes" / "qwen2.5-coder-pair.toml"
+MANIFEST = "manifest.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(folder: Path = SHIPPED) -> dict:
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def inputs_digest(folder: Path = SHIPPED) -> str:
+    """What a built GGUF is built from (the manifest names every input by its digest)."""
+    return _sha256(folder / MANIFEST)
+
+
+def check(folder: Path = SHIPPED, recipe: Path = RECIPE) -> list[str]:
+    """Problems with the shipped artifact (empty: it matches its manifest and the recipe)."""
+    if not (folder / MANIFEST).is_file():
+        return [f"no {MANIFEST} in {folder}"]
+    m = manifest(folder)
+    problems = []
+    if _sha256(recipe) != m.get("recipe_sha256"):
+        problems.append(f"the recipe {recipe.name} changed since the adapter was trained: retrain it "
+                        f"({m.get('rebuild', 'see the manifest')})")
+    for name in ADAPTER_FILES:
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"missing {name}")
+        elif _sha256(path) != m.get("files", {}).get(name):
+            problems.append(f"{name} is not the file the manifest names")
+    return problems
+
+
+def package(run_dir: str | Path, folder: Path = SHIPPED, recipe: Path = RECIPE, validation: dict | None = None) -> Path:
+    """Copy a finished warm-up's adapter into `folder` and write its manifest."""
+    from relayllm.protos import registry
+    from relayllm.training.relay.warmup import ADAPTER_DIR, DONE_MARK
+
+    run_dir = Path(run_dir)
+    done = json.loads((run_dir / "warmup" / DONE_MARK).read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        shutil.copyfile(run_dir / "warmup" / ADAPTER_DIR / name, folder / name)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    except OSError:
+        commit = ""
+    base = registry.entry(registry.DEFAULT_SLM)
+    m = {
+        "name": NAME, "base": base.name, "base_sha256": base.sha256,
+        "recipe": f"training/relay/recipes/{recipe.name}", "recipe_sha256": _sha256(recipe),
+        "data": "gsm8k:pool (training/data/gsm8k/pool.jsonl)", "seed": done.get("seed"), "commit": commit,
+        "stage": "warmup", "steps": done.get("steps"), "examples": done.get("examples"), "calls": done.get("calls"),
+        "loss_first": done.get("loss_first"), "loss_last": done.get("loss_last"),
+        "command_context": "drop" if done.get("config", {}).get("clean_context") else "keep",
+        "quant": "q8_0", "validation": validation,
+        "files": {name: _sha256(folder / name) for name in ADAPTER_FILES},
+        "rebuild": f"relayllm train warmup --config training/relay/recipes/{recipe.name} --out runs/relay-pair && "
+                   "python -m relayllm.training.relay.ship package runs/relay-pair",
+    }
+    (folder / MANIFEST).write_text(json.dumps(m, indent=1) + "\n")
+    return folder
+
+
+def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED) -> Path:
+    """The relay SLM's GGUF at `dest`, built from the base model and the shipped adapter."""
+    from relayllm.protos.registry import RegistryError, pull
+
+    problems = check(folder)
+    if problems:
+        raise RegistryError(f"{NAME}: the shipped adapter does not match its manifest: {'; '.join(problems)}")
+    try:
+        import peft  # noqa: F401
+        import torch
+    except ImportError:
+        raise RegistryError(f"{NAME} is built from its adapter on first use, which needs torch and peft: "
+                            "pip install 'relayllm[train]'") from None
+    from peft import PeftModel
+
+    from relayllm.training.models import export
+    from relayllm.training.relay.checkpoints import load_checkpoint
+
+    m = manifest(folder)
+    dest = Path(dest)
+    base = pull(m["base"], progress=progress)
+    with tempfile.TemporaryDirectory(prefix=f".build-{NAME}-", dir=dest.parent) as tmp:
+        tmp = Path(tmp)
+        model, tokenizer = load_checkpoint(base, what="base SLM", dtype=torch.bfloat16)
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        model.save_pretrained(str(tmp / "hf"))
+        tokenizer.save_pretrained(str(tmp / "hf"))
+        del model
+        f16 = export.convert(tmp / "hf", tmp / "model-f16.gguf", "f16")
+        out = export.quantize(f16, tmp / "model.gguf", m["quant"])
+        os.replace(out, dest)  # whole or not at all: the models cache never holds half a file
+    return dest
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["package"] and len(argv) == 2:
+        print(package(argv[1]))
+        return 0
+    if argv[:1] == ["check"]:
+        problems = check()
+        print("\n".join(problems) or f"{NAME}: the shipped adapter matches its manifest and the recipe")
+        return 1 if problems else 0
+    print("usage: python -m relayllm.training.relay.ship package RUN_DIR | check", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
