@@ -198,6 +198,13 @@ def test_lora_warmup_trains_adapters_and_the_command_rows_only_and_ships_a_merge
     b, m = base.get_input_embeddings().weight, merged.get_input_embeddings().weight
     others = [i for i in range(b.shape[0]) if i not in (open_id, close_id)]
     assert torch.equal(b[others], m[others])  # only the command rows may change
+    head_b, head_m = base.lm_head.weight, merged.lm_head.weight  # untied here, as the Qwen2.5 GGUFs load
+    assert torch.equal(head_b[others], head_m[others])
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / warmup.ADAPTER_DIR / warmup.HEAD_ROWS_FILE))
+    assert saved["ids"].tolist() == [open_id, close_id]
+    assert torch.allclose(saved["rows"], head_m[[open_id, close_id]].float())  # what the merged head holds
     q_base = base.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(q_base, merged.model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
     assert torch.equal(base.model.layers[0].mlp.up_proj.weight, merged.model.layers[0].mlp.up_proj.weight)

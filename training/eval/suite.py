@@ -39,7 +39,7 @@ QUERY_SHARES = (0.25, 0.5)
 RANDOM_P = (0.1, 0.3)
 # relay: None = the SLM's own greedy choice alone; else RelayDecoder's call_threshold (it
 # writes `<call>` where its probability of it reaches the threshold)
-RELAY_CALL_THRESHOLDS = (None, 0.3, 0.1)
+RELAY_CALL_THRESHOLDS = (None, 0.1)
 
 
 def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLDS, ratio_cap: float | None = None,

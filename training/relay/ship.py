@@ -33,7 +33,9 @@ HERE = Path(__file__).parent
 SHIPPED = HERE / "shipped" / NAME
 RECIPE = HERE / "recipes" / "qwen2.5-coder-pair.toml"
 MANIFEST = "manifest.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# peft's adapter (LoRA + the command rows of the input embedding) and the command rows of the
+# output head (training/relay/warmup.py with_lora: the Qwen2.5 GGUFs load with an untied head)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "command_head_rows.safetensors")
 
 
 def _sha256(path: Path) -> str:
@@ -127,6 +129,12 @@ def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED) ->
         tmp = Path(tmp)
         model, tokenizer = load_checkpoint(base, what="base SLM", dtype=torch.bfloat16)
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        from safetensors.torch import load_file
+
+        head = load_file(str(folder / "command_head_rows.safetensors"))
+        with torch.no_grad():
+            weight = model.get_output_embeddings().weight
+            weight[head["ids"].tolist()] = head["rows"].to(weight.dtype)
         model.save_pretrained(str(tmp / "hf"))
         tokenizer.save_pretrained(str(tmp / "hf"))
         del model

@@ -39,6 +39,7 @@ from relayllm.training.relay.config import WarmupConfig
 DONE_MARK = "warmup_done.json"
 DATA_FILE = "warmup_data.jsonl"
 ADAPTER_DIR = "adapter"
+HEAD_ROWS_FILE = "command_head_rows.safetensors"  # the output head's command rows (untied heads)
 PATHS_FILE = "llm_paths.jsonl"
 # LoRA goes on the attention projections (Llama / Qwen2 / SmolLM names)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -255,14 +256,40 @@ def _llama_cpp_paths(llm, tokenizer, pairs, max_new_tokens: int, out_dir: Path, 
 
 
 def with_lora(model, c: WarmupConfig, command_token_ids: tuple[int, int]):
-    """The model with LoRA adapters (peft) on its attention projections, and the command
-    tokens' embedding rows trainable (peft's trainable tokens: only those rows change; a
-    tied output head follows them), everything else frozen."""
+    """The model with LoRA adapters (peft) on its attention projections and the command
+    tokens' rows trainable, everything else frozen: their input-embedding rows through peft's
+    trainable tokens and, when the output head is not tied to the embedding (the Qwen2.5 GGUFs
+    load untied: without those rows the SLM could never learn to write `<call>`), their
+    output-head rows through a gradient mask (TRL's SFT reads `lm_head.weight` directly, so a
+    peft wrapper there would never train; with weight decay 0, Adam leaves a row whose gradient
+    is always zero exactly as it was). `command_head_rows` saves them beside the adapter."""
     from peft import LoraConfig, get_peft_model
 
+    rows = list(command_token_ids)
     config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
-                        trainable_token_indices={"embed_tokens": list(command_token_ids)}, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+                        trainable_token_indices={"embed_tokens": rows}, task_type="CAUSAL_LM")
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    model = get_peft_model(model, config)
+    if not tied:
+        weight = model.get_output_embeddings().weight
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[rows] = 1
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad: grad * mask)
+    return model
+
+
+def save_command_head_rows(model, command_token_ids: tuple[int, int], folder: Path) -> Path | None:
+    """The output head's command rows, beside the adapter (None when the head is tied)."""
+    from safetensors.torch import save_file
+
+    if getattr(model.config, "tie_word_embeddings", False):
+        return None
+    ids = list(command_token_ids)
+    rows = model.get_output_embeddings().weight.detach()[ids].float().contiguous()
+    path = Path(folder) / HEAD_ROWS_FILE
+    save_file({"ids": torch.tensor(ids), "rows": rows}, str(path))
+    return path
 
 
 def _last_checkpoint(out_dir: Path) -> str | None:
@@ -352,6 +379,7 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
         # the adapter (small: what a release ships) apart, then the merged model, a plain HF
         # checkpoint that GRPO, the export and the parity checks read like any other
         trainer.save_model(str(out_dir / ADAPTER_DIR))
+        save_command_head_rows(trainer.model, (open_id, close_id), out_dir / ADAPTER_DIR)
         trainer.model.merge_and_unload().save_pretrained(str(out_dir))
     else:
         trainer.save_model(str(out_dir))
