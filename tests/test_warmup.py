@@ -208,3 +208,24 @@ def test_lora_warmup_trains_adapters_and_the_command_rows_only_and_ships_a_merge
     q_base = base.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(q_base, merged.model.layers[0].self_attn.q_proj.weight)  # LoRA merged in
     assert torch.equal(base.model.layers[0].mlp.up_proj.weight, merged.model.layers[0].mlp.up_proj.weight)
+
+
+def test_llm_paths_from_a_gguf_are_greedy_cached_per_question_and_resumed(tmp_path, smollm2_path):
+    """The real pair's warm-up takes the LLM's solving paths from llama.cpp (its GGUF): one
+    line per question in a cache, so a cut build goes on where it stopped."""
+    from relayllm.edge import load_slm
+    from relayllm.training.relay.llm_paths import gguf_solutions
+
+    llama = load_slm(smollm2_path, n_ctx=256)
+    prompts = [llama.tokenize(t.encode(), add_bos=False) for t in ("The capital of France is", "1, 2, 3,")]
+    cache = tmp_path / "paths.jsonl"
+    first = gguf_solutions(smollm2_path, prompts[:1], 6, cache_file=cache, progress=False)
+    assert len(cache.read_text().splitlines()) == 1 and 1 <= len(first[0]) <= 6
+    both = gguf_solutions(smollm2_path, prompts, 6, cache_file=cache, progress=False)
+    assert both[0] == first[0] and len(cache.read_text().splitlines()) == 2  # only the new one was written
+    # everything cached: the model is not even opened (a path that does not exist would fail)
+    assert gguf_solutions(tmp_path / "absent.gguf", prompts, 6, cache_file=cache, progress=False) == both
+    # greedy: the same as llama.cpp's own greedy continuation
+    llama.reset()
+    out = llama.create_completion(prompts[1], max_tokens=6, temperature=0.0)
+    assert llama.detokenize(both[1]).decode(errors="replace").startswith(out["choices"][0]["text"][:3])

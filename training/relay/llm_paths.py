@@ -29,6 +29,7 @@ def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_token
     prompt. It ends at llama.cpp's EOS or any of `stop_ids` (the SLM tokenizer's EOS)."""
     from tqdm.auto import tqdm
 
+    from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.edge.models import quiet_llama
 
     cache: dict[str, list[int]] = {}
@@ -41,7 +42,9 @@ def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_token
     keys = [_key(p, max_new_tokens) for p in prompts]
     todo = [i for i, k in enumerate(keys) if k not in cache]
     if todo:
-        llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx)
+        # every physical core: nothing else runs while the paths are written (llama-cpp-python's
+        # own default is half the logical CPUs, one thread on a 2-core machine)
+        llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx, n_threads=physical_cores())
         ends = {int(llm.token_eos()), *map(int, stop_ids)}
         try:
             out = cache_path.open("a") if cache_path is not None else None
