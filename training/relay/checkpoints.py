@@ -45,12 +45,17 @@ def load_checkpoint(path, *, what: str = "model", dtype=torch.float32):
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        where, kw = str(path.parent), {"gguf_file": path.name}
+        from transformers import GgufConfig
+
+        # dequantized into plain dense weights: transformers would otherwise keep the GGUF's
+        # blocks packed behind kernels whose backward runs torch's single-threaded fallback
+        # gemm (a warm-up step of the 0.5B took over 6 minutes instead of about one)
+        where, kw = str(path.parent), {"gguf_file": path.name, "quantization_config": GgufConfig(dequantize=True)}
     elif (path / "config.json").is_file():
         where, kw = str(path), {}
     else:
         raise TrainingError(f"{what}: neither an HF checkpoint folder (no config.json) nor a GGUF file: {path}")
-    tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": kw["gguf_file"]} if kw else {}))
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw)
     if kw:  # transformers dequantized the GGUF into plain float32 weights: a trainable model,
         # not a quantized one (its quantization marks would make the Trainer refuse it)
