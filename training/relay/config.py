@@ -84,7 +84,10 @@ class WarmupConfig:
     lora_r: int = _f(0, "LoRA rank on the attention projections, plus the command tokens' embedding rows "
                         "(peft); 0: full fine-tuning (the tiny models)")
     lora_alpha: int = _f(32, "LoRA scaling alpha (with lora_r > 0)")
-    bf16: bool = _f(False, "train in bfloat16 (about 2x faster than float32 on an AVX-512 CPU)")
+    bf16: bool = _f(False, "load the SLM's weights in bfloat16")
+    amp_bf16: bool | None = _f(None, "TRL's bfloat16 autocast (None: TRL's default, on); false on a CPU without "
+                                     "bf16 instructions (AVX2 only), where bf16 matmuls take torch's slow "
+                                     "single-threaded fallback gemm")
 
     def __post_init__(self):
         _rows_ok(self.rows, "warmup")

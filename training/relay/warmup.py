@@ -300,8 +300,9 @@ def _last_checkpoint(out_dir: Path) -> str | None:
 
 def make_trainer(model, tokenizer, examples: list[WarmupExample], out_dir, *, train_llm_tokens: bool = False,
                  epochs: float = 1.0, max_steps: int = -1, lr: float = 5e-4, batch_size: int = 16, seed: int = 0,
-                 progress: bool = True, save_steps: int = 50):
-    """TRL SFTTrainer over the examples (pre-tokenized, `completion_mask` -> labels -100)."""
+                 progress: bool = True, save_steps: int = 50, amp_bf16: bool | None = None):
+    """TRL SFTTrainer over the examples (pre-tokenized, `completion_mask` -> labels -100).
+    `amp_bf16`: TRL's bf16 autocast (None: TRL's own default, which is on)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -313,6 +314,7 @@ def make_trainer(model, tokenizer, examples: list[WarmupExample], out_dir, *, tr
         use_cpu=not torch.cuda.is_available(), seed=seed,
         data_seed=seed, completion_only_loss=True, max_length=None, disable_tqdm=not progress,
         dataloader_num_workers=0, weight_decay=0.0, dataset_num_proc=None,
+        **({} if amp_bf16 is None else {"bf16": bool(amp_bf16)}),
     )
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
 
@@ -372,7 +374,7 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
         model = with_lora(model, c, (open_id, close_id))
     trainer = make_trainer(model, tokenizer, examples, out_dir, train_llm_tokens=c.train_llm_tokens, epochs=c.epochs,
                            max_steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=seed, progress=progress,
-                           save_steps=c.save_steps)
+                           save_steps=c.save_steps, amp_bf16=c.amp_bf16)
     last = _last_checkpoint(out_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=last)
     if c.lora_r > 0:
