@@ -220,7 +220,7 @@ def resolve_model(name_or_path: str | Path, *, progress: bool = True) -> Path:
 # pulling
 
 
-def _sha256_file(path: Path, progress: bool, desc: str) -> str:
+def sha256_file(path: Path, progress: bool = False, desc: str = "") -> str:
     from tqdm.auto import tqdm
 
     h = hashlib.sha256()
@@ -246,7 +246,7 @@ def pull(name: str, *, progress: bool = True, wheelhouse: str | Path | None = No
         return final
     if e.built_by:
         return _build(e, final, progress)
-    if final.is_file() and final.stat().st_size == e.size and _sha256_file(final, progress, f"checking {name}") == e.sha256:
+    if final.is_file() and final.stat().st_size == e.size and sha256_file(final, progress, f"checking {name}") == e.sha256:
         _write_stamp(e, final)  # a file put there by hand, or a stamp lost: checked now
         return final
     # 1) room for the file (a part is freed before the next is fetched)
@@ -309,9 +309,9 @@ def _build(e: ModelEntry, final: Path, progress: bool) -> Path:
                             f"{free / 1e9:.2f} GB free")
     try:
         _builder(e).build(final, progress=progress)
-    except OSError as exc:
-        if isinstance(exc, RegistryError):
-            raise
+    except RegistryError:
+        raise
+    except OSError as exc:  # RegistryError is an OSError too: it is re-raised as it is above
         raise RegistryError(f"could not build {e.name}: {exc}") from None
     _write_stamp(e, final)
     return final
@@ -330,7 +330,7 @@ def verify(name: str, *, progress: bool = True) -> tuple[bool, str]:
     size = final.stat().st_size
     if size != e.size:
         return False, f"{name}: {size:,} bytes, expected {e.size:,}"
-    digest = _sha256_file(final, progress, f"verify {name}")
+    digest = sha256_file(final, progress, f"verify {name}")
     if digest != e.sha256:
         _stamp(final).unlink(missing_ok=True)
         return False, f"{name}: sha256 {digest[:16]}... does not match the pinned {e.sha256[:16]}..."

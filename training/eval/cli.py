@@ -171,9 +171,9 @@ def run(args: argparse.Namespace) -> int:
                                              budget=Budget(args.budget_minutes), deadline_s=args.deadline_s))
         if args.mode == "all":
             from relayllm.training.data import gsm8k
+            from relayllm.training.eval import suite
 
             relay_slm = str(registry.resolve_model(args.relay_slm)) if args.relay_slm else None
-            from relayllm.training.eval import suite
 
             summary = suite.run_table(ev, val_ex=gsm8k.load("validation", args.validation), test_ex=examples,
                                       slm=slm, out=args.out, thresholds=args.thresholds or suite.THRESHOLDS,

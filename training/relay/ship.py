@@ -19,7 +19,6 @@ adapter file is not the one the manifest names, and the shipped artifact is stal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from relayllm.protos.registry import sha256_file as _sha256
+
 NAME = "qwen2.5-coder-0.5b-relay"
 HERE = Path(__file__).parent
 SHIPPED = HERE / "shipped" / NAME
@@ -35,15 +36,8 @@ RECIPE = HERE / "recipes" / "qwen2.5-coder-pair.toml"
 MANIFEST = "manifest.json"
 # peft's adapter (LoRA + the command rows of the input embedding) and the command rows of the
 # output head (training/relay/warmup.py with_lora: the Qwen2.5 GGUFs load with an untied head)
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "command_head_rows.safetensors")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+HEAD_ROWS_FILE = "command_head_rows.safetensors"  # warmup.save_command_head_rows writes it
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", HEAD_ROWS_FILE)
 
 
 def manifest(folder: Path = SHIPPED) -> dict:
@@ -131,7 +125,7 @@ def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED) ->
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         from safetensors.torch import load_file
 
-        head = load_file(str(folder / "command_head_rows.safetensors"))
+        head = load_file(str(folder / HEAD_ROWS_FILE))
         with torch.no_grad():
             weight = model.get_output_embeddings().weight
             weight[head["ids"].tolist()] = head["rows"].to(weight.dtype)

@@ -35,11 +35,11 @@ from relayllm.training.errors import TrainingError
 from relayllm.training.relay.checkpoints import add_command_tokens, command_ids, load_checkpoint
 from relayllm.training.relay.config import WARMUP_STRATEGIES as STRATEGIES
 from relayllm.training.relay.config import WarmupConfig
+from relayllm.training.relay.ship import HEAD_ROWS_FILE  # the output head's command rows (untied heads)
 
 DONE_MARK = "warmup_done.json"
 DATA_FILE = "warmup_data.jsonl"
 ADAPTER_DIR = "adapter"
-HEAD_ROWS_FILE = "command_head_rows.safetensors"  # the output head's command rows (untied heads)
 PATHS_FILE = "llm_paths.jsonl"
 # LoRA goes on the attention projections (Llama / Qwen2 / SmolLM names)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
