@@ -35,9 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--call-threshold", type=float, default=None, metavar="P",
                         help="calibration: a relay SLM writes <call> (then N and </call> itself) wherever its "
                              "probability of <call> reaches P (default: only when sampling picks it)")
-    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default="keep",
+    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default=None,
                         help="after a call, the command stays in the SLM's context (keep, the paper's) or leaves "
-                             "it (drop: for an SLM trained that way, like the default relay SLM)")
+                             "it (drop: for an SLM trained that way); default: what the SLM's GGUF records "
+                             "(a relay SLM's export writes it), else keep")
     parser.add_argument("--confidence-threshold", type=float, default=None, metavar="P",
                         help="a confidence router: the LLM writes each token where the SLM's top probability is "
                              "below P (for an SLM never taught <call>, like the default 0.5B; default: none)")

@@ -47,13 +47,19 @@ from typing import AsyncIterator, Iterator
 from relayllm.edge.config import Limits, Sampling
 from relayllm.edge.errors import EdgeError
 from relayllm.edge.events import Event, Result
-from relayllm.protos.protocol import check_command_context
+from relayllm.protos.protocol import COMMAND_CONTEXT_KEY, COMMAND_CONTEXTS, check_command_context
 
 DEFAULT = object()  # "the decoder's own setting" for per-request options
 
 
 class DecoderBusy(EdgeError):
     """A second request on a decoder that is still answering one."""
+
+
+def trained_command_context(llama) -> str:
+    """The command context a relay SLM's GGUF says it was trained for, else the paper's "keep"."""
+    value = (getattr(llama, "metadata", None) or {}).get(COMMAND_CONTEXT_KEY)
+    return value if value in COMMAND_CONTEXTS else "keep"
 
 
 class RelayDecoder:
@@ -71,13 +77,14 @@ class RelayDecoder:
     itself: it still chooses how much help). None: its own sampling alone decides.
     command_context: "keep" (the paper's protocol: the command stays in the SLM's context and
     the LLM's tokens follow it) or "drop" (the command's tokens leave the SLM's KV cache before
-    the LLM's tokens are spliced in; for an SLM trained on clean-context rows). The protocol
-    as a whole: docs/relay-protocol.md.
+    the LLM's tokens are spliced in; for an SLM trained on clean-context rows). None: what the
+    GGUF records (a relay SLM's export writes protos/protocol.py COMMAND_CONTEXT_KEY), else
+    "keep". The protocol as a whole: docs/relay-protocol.md.
     """
 
     def __init__(self, slm, *, cloud=None, limits: Limits = Limits(), sampling: Sampling = Sampling(),
                  router=None, deadline_s: float = 10.0, sync_every_tokens: int = 0, chat: bool = False,
-                 n_ctx: int = 2048, call_threshold: float | None = None, command_context: str = "keep",
+                 n_ctx: int = 2048, call_threshold: float | None = None, command_context: str | None = None,
                  privacy=None):
         from relayllm.edge.models import load_slm
         from relayllm.edge.privacy import Privacy
@@ -88,11 +95,11 @@ class RelayDecoder:
         self.vocab = Vocab(self.slm)
         self.cloud = cloud
         # 2) The router (a per-token hook), and relay's calibration on a relay-trained SLM.
-        self.command_context = check_command_context(command_context)
+        self.command_context = check_command_context(command_context or trained_command_context(self.slm))
         self.call_nudge = None  # (id of `<call>`, threshold)
         if call_threshold is not None and router is not None:
             raise ValueError("give a router or a call_threshold, not both")
-        if call_threshold is not None or command_context == "drop":
+        if call_threshold is not None or self.command_context == "drop":
             ids = self.vocab.markup("<call>")
             if len(ids) != 1:
                 raise ValueError("call_threshold and command_context='drop' need an SLM with `<call>` as one token "

@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--citer-router", metavar="ONNX", default=None, help="router file for the citer mode")
     parser.add_argument("--router-threshold", type=float, default=0.5, help="threshold of the r2r/citer routers")
     parser.add_argument("--call-threshold", type=float, default=None, help="relay mode: see `relayllm generate`")
-    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default="keep",
-                        help="relay mode: see `relayllm generate`")
+    parser.add_argument("--command-context", choices=COMMAND_CONTEXTS, default=None,
+                        help="relay mode: see `relayllm generate` (default: what the GGUF records, else keep)")
     parser.add_argument("--max-tokens", type=int, default=256, help="default response tokens per request")
     parser.add_argument("--n-ctx", type=int, default=4096, help="the SLM's context (default 4096)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds per cloud call (default 10)")

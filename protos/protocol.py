@@ -48,6 +48,11 @@ EVAL_LIMITS = RelayLimits(max_calls=4, max_tokens=256)
 TRAIN_LIMITS = RelayLimits(max_calls=2, max_tokens=64)
 
 
+# The GGUF metadata key in which a relay SLM's export records the command context it was trained
+# for (training/models/export.py writes it; the edge reads it when none is given).
+COMMAND_CONTEXT_KEY = "relayllm.command_context"
+
+
 def check_command_context(value: str) -> str:
     if value not in COMMAND_CONTEXTS:
         raise ValueError(f"command_context must be 'keep' or 'drop', got {value!r}")

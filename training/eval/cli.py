@@ -178,14 +178,14 @@ def run(args: argparse.Namespace) -> int:
             summary = suite.run_table(ev, val_ex=gsm8k.load("validation", args.validation), test_ex=examples,
                                       slm=slm, out=args.out, thresholds=args.thresholds or suite.THRESHOLDS,
                                       say=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True),
-                                      relay_slm=relay_slm, relay_context=args.command_context or "keep")
+                                      relay_slm=relay_slm, relay_context=args.command_context)
             print((Path(args.out) / E.TABLE_FILE).read_text())
             print(f"evaluation {summary['eval_s'] / 60:.1f} min; wrote {args.out}/", file=sys.stderr)
             return 0
         runs = E.run_named_mode(ev, args.mode, examples, slm, out=args.out, thresholds=args.thresholds,
                                 ratios=args.ratio, router=args.router,
                                 command_context=args.command_context or (
-                                    defaults.relay_command_context if defaults is not None and not args.slm else "keep"))
+                                    defaults.relay_command_context if defaults is not None and not args.slm else None))
 
     meta = {"data": data_name, "slm": str(slm), "llm": str(llm or args.cloud),
             "n": len(examples), "seed": args.seed, "max_tokens": args.max_tokens, "instruction": instruction}

@@ -69,7 +69,7 @@ def saved_run(out, mode, examples) -> ModeRun | None:
 
 
 def run_named_mode(ev, mode: str, examples, slm, *, out, thresholds=None, ratios=None, router=None,
-                   command_context: str = "keep") -> list[ModeRun]:
+                   command_context: str | None = None) -> list[ModeRun]:
     """Every run of `mode` (one per threshold / p / share) with the Evaluator `ev`; `out` is
     the results folder, where random and query modes find earlier relay / slm / llm runs."""
     if mode == "slm":

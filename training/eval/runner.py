@@ -123,7 +123,7 @@ class Evaluator:
         return self._models[key]
 
     def decoder(self, slm, *, cloud: bool, router=None, max_calls: int | None = None,
-                call_threshold: float | None = None, command_context: str = "keep"):
+                call_threshold: float | None = None, command_context: str | None = None):
         """A RelayDecoder on `slm` (a GGUF path or an already loaded Llama)."""
         from relayllm.edge import Limits, RelayDecoder
 
@@ -180,15 +180,16 @@ class Evaluator:
                          slm=model_id(slm))
 
     def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD,
-                  command_context: str = "keep") -> ModeRun:
+                  command_context: str | None = None) -> ModeRun:
         """The relay SLM writes `<call>N</call>` itself (the paper's protocol); `call_threshold`
         (see RelayDecoder) calibrates how often it starts one, None = its own greedy choice
-        alone. `command_context`: "keep" (the paper's) or "drop" (docs/relay-protocol.md)."""
+        alone. `command_context`: "keep" (the paper's) or "drop" (docs/relay-protocol.md); None:
+        what the SLM's GGUF records, else keep."""
         try:
             dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold, command_context=command_context)
         except ValueError as exc:  # not a relay SLM
             raise EvalError(str(exc)) from None
-        key = {"slm": model_id(relay_slm), "command_context": command_context}
+        key = {"slm": model_id(relay_slm), "command_context": dec.command_context}
         if call_threshold is None:
             return self._run(examples, dec, "relay", **key)
         return self._run(examples, dec, "relay", call_threshold, "call_threshold", **key)

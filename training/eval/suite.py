@@ -43,7 +43,7 @@ RELAY_CALL_THRESHOLDS = (None, 0.1)
 
 
 def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLDS, ratio_cap: float | None = None,
-              chunk: int = 10, say=print, relay_slm=None, relay_context: str = "keep") -> dict:
+              chunk: int = 10, say=print, relay_slm=None, relay_context: str | None = None) -> dict:
     """Both passes (module doc) with the Evaluator `ev`; writes `<out>` and returns the summary."""
     from relayllm.training import eval as E
 
@@ -58,7 +58,8 @@ def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLD
     say(f"chosen on validation: confidence threshold {choice.setting:g} ({choice.reason})")
     relay_choice = None
     if relay_slm is not None:
-        say(f"validation: relay ({relay_context}) at call thresholds {RELAY_CALL_THRESHOLDS}")
+        context_name = relay_context or "command context from its GGUF"
+        say(f"validation: relay ({context_name}) at call thresholds {RELAY_CALL_THRESHOLDS}")
         val["relay"] = [ev.run_relay(val_ex, relay_slm, t, relay_context) for t in RELAY_CALL_THRESHOLDS]
         relay_choice = E.choose(val["relay"], ratio_cap)
         say(f"chosen on validation: relay call_threshold {relay_choice.setting} ({relay_choice.reason})")

@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from relayllm.protos.protocol import COMMAND_CONTEXT_KEY
 from relayllm.training.errors import TrainingError
 from relayllm.training.relay.config import STAGES
 
@@ -84,6 +85,21 @@ def _model(value, what: str, *, cloud_ok: bool = False) -> str:
     return str(path)
 
 
+def trained_command_context(src, cfg) -> str | None:
+    """The command context the checkpoint in `src` was trained for: a GRPO run's own, a
+    warm-up's from its rows (clean_context: "drop"); None for any other folder."""
+    if src is None:
+        return None
+    src = Path(src)
+    for mark in ("grpo_done.json", "warmup_done.json"):
+        if (src / mark).is_file():
+            summary = json.loads((src / mark).read_text()).get("config", {})
+            if mark.startswith("grpo"):
+                return summary.get("command_context", cfg.grpo.command_context)
+            return "drop" if summary.get("clean_context") else "keep"
+    return None
+
+
 def run(args) -> int:
     from relayllm.training.relay.config import describe, read_config_file, train_config_from_dict
 
@@ -137,11 +153,15 @@ def run(args) -> int:
 
         src = cfg.export.input or next(
             (out / s for s in ("grpo", "warmup") if (out / s / f"{s}_done.json").is_file()), None)
+        context = trained_command_context(src, cfg)
         src = _model(src, "export input checkpoint")
         try:
-            paths = export.export(src, out / "gguf", name=cfg.export.name, quants=cfg.export.quants)
+            paths = export.export(src, out / "gguf", name=cfg.export.name, quants=cfg.export.quants,
+                                  metadata={COMMAND_CONTEXT_KEY: context} if context else None)
         except export.ExportError as exc:
             raise TrainingError(str(exc)) from None
         for kind, path in paths.items():
             print(f"export {kind}: {path}")
+        if context:
+            print(f"export: command context {context!r} recorded in the GGUF ({COMMAND_CONTEXT_KEY})")
     return 0
