@@ -77,6 +77,21 @@ def test_guided_respects_max_calls():
     assert ex.llm_mask == [0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0]
 
 
+def test_guided_call_at_numbers_skips_wording_divergences(tok, ids):
+    """Between real models most divergences are wording; call_at "numbers" keeps the commands
+    for tokens that hold a digit or an arithmetic sign, and the row follows the LLM's words."""
+    words = ["Alpha", " beta", "3", " plus", "7"]
+    path = [ids(w)[0] for w in words]
+    greedy = list(path)
+    greedy[1] = ids(" gamma")[0]  # a wording divergence
+    greedy[2] = ids("4")[0]  # a number the SLM gets wrong
+    every = warmup.insert_guided(path, greedy, tok, n_call=1, max_calls=3)
+    numbers = warmup.insert_guided(path, greedy, tok, n_call=1, max_calls=3, call_at="numbers")
+    assert every.calls == 2 and numbers.calls == 1
+    assert numbers.completion_ids == path[:2] + command_ids(tok, 1) + path[2:]
+    assert numbers.llm_mask == [0, 0] + [0] * len(command_ids(tok, 1)) + [1, 0, 0]
+
+
 class _FakeTok:
     """Just enough tokenizer for insert_guided's command: <call>=100, "1"=7, </call>=101."""
 

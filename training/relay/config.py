@@ -53,6 +53,9 @@ def _rows_ok(rows, where: str) -> None:
               f"rows[{i}] must have exactly 'prompt' and 'answer', got {row!r}")
 
 
+CALL_AT = ("any", "numbers")  # WarmupConfig.call_at
+
+
 @dataclass
 class WarmupConfig:
     """SFT that teaches the SLM the command `<call>N</call>` (training/relay/warmup.py)."""
@@ -68,6 +71,9 @@ class WarmupConfig:
                                 "'fixed': N = n_call")
     max_calls: int = _f(3, "commands per example at most")
     call_below: float = _f(0.0, "guided: also call where the SLM's top probability is under this (0: off)")
+    call_at: str = _f("any", "guided: which divergences get a command: 'any'; 'numbers': only where the LLM's "
+                             "or the SLM's token holds a digit or an arithmetic sign (between real models most "
+                             "divergences are wording, 'To find' against 'To determine', and a call there is wasted)")
     solved_only: bool = _f(True, "keep only solutions that reach the gold answer (false: keep every one, "
                                  "e.g. a smoke run with models that solve nothing)")
     max_new_tokens: int = _f(64, "length of the solutions the warm-up rows are built from")
@@ -100,6 +106,7 @@ class WarmupConfig:
             _need(getattr(self, name) >= 1, "warmup", f"{name} must be at least 1, got {getattr(self, name)}")
         _need(self.max_calls >= 0, "warmup", f"max_calls must be >= 0, got {self.max_calls}")
         _need(self.n_rule in ("recover", "fixed"), "warmup", f"n_rule must be 'recover' or 'fixed', got {self.n_rule!r}")
+        _need(self.call_at in CALL_AT, "warmup", f"call_at must be one of {CALL_AT}, got {self.call_at!r}")
         _need(0.0 <= self.call_below <= 1.0, "warmup", f"call_below is a probability, got {self.call_below}")
         _need(self.steps == -1 or self.steps >= 1, "warmup", f"steps must be >= 1 (or -1: by epochs), got {self.steps}")
         _need(self.lr > 0 and self.epochs > 0, "warmup", "lr and epochs must be > 0")

@@ -171,17 +171,29 @@ def recovery_span(path: list[int], slm_greedy: list[int], t: int, n_max: int) ->
     return k
 
 
+MATH_SIGNS = set("0123456789+-*/=%$\u00d7\u00f7")  # call_at "numbers": a token holding one of these
+
+
+def _numeric(tokenizer, token_id: int) -> bool:
+    return bool(MATH_SIGNS & set(tokenizer.decode([token_id])))
+
+
 def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: int, max_calls: int,
                   slm_top_prob: list[float] | None = None, call_below: float = 0.0,
-                  n_rule: str = "recover") -> WarmupExample:
+                  n_rule: str = "recover", call_at: str = "any") -> WarmupExample:
     """Commands where the SLM departs from the LLM's (solving) path; the LLM writes the next N
     (n_rule "recover": the span that brings the SLM back onto the path, at most `n_call`;
     "fixed": always `n_call`). With `call_below` (an option, 0 = off), also where the SLM's
-    top probability is under it: the SLM is taught to call when it is unsure."""
+    top probability is under it: the SLM is taught to call when it is unsure. With call_at
+    "numbers", only a divergence where either token holds a digit or an arithmetic sign
+    gets a command; at any other divergence the row simply goes on along the LLM's path (the
+    SLM learns its wording there, as after the last command)."""
     out, llm_mask, calls, t = [], [], 0, 0
     while t < len(path):
         unsure = slm_top_prob is not None and slm_top_prob[t] < call_below
-        if calls < max_calls and (slm_greedy[t] != path[t] or unsure):
+        departs = slm_greedy[t] != path[t] and (call_at == "any" or _numeric(tokenizer, path[t])
+                                                 or _numeric(tokenizer, slm_greedy[t]))
+        if calls < max_calls and (departs or unsure):
             n = recovery_span(path, slm_greedy, t, n_call) if n_rule == "recover" else n_call
             cmd = command_ids(tokenizer, n)
             out += cmd
@@ -201,7 +213,8 @@ def insert_guided(path: list[int], slm_greedy: list[int], tokenizer, *, n_call: 
 def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strategy: str = "guided", n_call: int = 4,
                    max_calls: int = 2, max_new_tokens: int = 64, seed: int = 0, progress: bool = True,
                    call_below: float = 0.0, grader=None, solved_only: bool = True,
-                   n_rule: str = "recover", solutions: list[list[int]] | None = None) -> list[WarmupExample]:
+                   n_rule: str = "recover", solutions: list[list[int]] | None = None,
+                   call_at: str = "any") -> list[WarmupExample]:
     """Warm-up examples from (prompt, answer) pairs (see the module doc for the strategies).
     `grader(text, answer)`: the built-in task's by default; `solved_only=False` keeps
     solutions that miss the answer too. `solutions`: the solver's paths when they were
@@ -231,7 +244,7 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
         else:
             greedy, top = teacher_forced_greedy(slm, p_ids, sol, with_top_prob=True)
             ex = insert_guided(sol, greedy, tokenizer, n_call=n_call, max_calls=max_calls, slm_top_prob=top,
-                               call_below=call_below, n_rule=n_rule)
+                               call_below=call_below, n_rule=n_rule, call_at=call_at)
         ex.prompt_ids = p_ids
         examples.append(ex)
     if not examples:
@@ -365,7 +378,7 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
                                   max_calls=c.max_calls, seed=seed, progress=progress, call_below=c.call_below,
                                   max_new_tokens=c.max_new_tokens, solved_only=c.solved_only,
                                   grader=questions.grader if questions is not None else None, n_rule=c.n_rule,
-                                  solutions=solutions)
+                                  solutions=solutions, call_at=c.call_at)
         del llm_model
         if c.clean_context and c.strategy == "guided":
             examples = [row for ex in examples for row in clean_context_rows(ex, open_id, close_id)]
