@@ -47,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens-per-call", type=int)
     parser.add_argument("--n-ctx", type=int, help=helps["n_ctx"] + " (default 2048)")
     parser.add_argument("--threads", type=int, help=helps["threads"])
-    parser.add_argument("--gather-ms", type=float, help=helps["gather_ms"] + " (default 2)")
     parser.add_argument("--max-concurrent-streams", type=int)
     parser.add_argument("--rate", dest="rate_per_s", type=float, help="requests per second per tenant (default: no limit)")
     parser.add_argument("--max-call-s", type=float, help="server-side cap on one call's duration (default 120)")
@@ -81,10 +80,9 @@ def make_backend(settings: ServeSettings):
     if kind.startswith("llama.cpp"):
         if not model.is_file():
             raise ServiceError(f"the llama.cpp backend needs a GGUF file, got a folder: {model}")
-        extra = {} if kind == "llama.cpp-contexts" else {"gather_ms": settings.gather_ms}
         try:
             return backend_class(kind)(model, n_ctx=settings.n_ctx, max_sessions=settings.max_sessions,
-                                       n_threads=settings.threads, **extra)
+                                       n_threads=settings.threads)
         except ValueError as err:  # llama.cpp could not load it
             raise ServiceError(f"cannot load {model} with llama.cpp ({err}); is it a GGUF file?") from None
     try:

@@ -58,9 +58,6 @@ class ServeSettings:
     n_ctx: int = field(default=2048, metadata={"help": "most tokens one session holds"})
     threads: int | None = field(default=None, metadata={
         "help": "llama.cpp threads (default: the physical cores this process may use, not every logical one)"})
-    gather_ms: float = field(default=2.0, metadata={
-        "help": "llama.cpp-batched: how long a step waits for the sessions of the last step to hand in their "
-                "next token, after the last one arrived (0 = no wait)"})
     max_sessions: int = field(default=8, metadata={"help": "sessions whose KV cache is kept"})
     metrics_port: int | None = field(default=None, metadata={
         "help": "serve Prometheus metrics on this port (/metrics); none by default"})
@@ -80,8 +77,6 @@ class ServeSettings:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
-        if not self.gather_ms >= 0:
-            raise ValueError(f"gather_ms must be >= 0 milliseconds, got {self.gather_ms!r}")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
 

@@ -83,9 +83,9 @@ def _generate(backend, key, tokens, max_new_tokens, *, stop=lambda: None, emit=l
 
 
 def test_a_step_holds_every_ready_session_in_one_forward_pass(smollm2_path):
-    """8 sessions decoding at once: (gather) most decode steps hold all 8, (unified KV) each in
-    one forward pass, counted by llama.cpp's graph callback; llama.cpp's perf counters saw
-    the tokens the engine batched."""
+    """8 sessions decoding at once: (generations stay in the engine) the decode steps hold all 8
+    but at the edges, (unified KV) each in one forward pass, counted by llama.cpp's graph
+    callback; llama.cpp's perf counters saw the tokens the engine batched."""
     import llama_cpp
 
     from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
@@ -106,7 +106,7 @@ def test_a_step_holds_every_ready_session_in_one_forward_pass(smollm2_path):
     assert perf.n_p_eval == engine.batched_tokens - single and perf.n_eval == max(1, single)
     decode_steps = [r for r in history if not r.prefill_tokens]
     full = [r for r in decode_steps if len(r.decode_seqs) == n]
-    assert len(full) >= 8 and len(full) >= 0.6 * len(decode_steps), [len(r.decode_seqs) for r in decode_steps]
+    assert len(full) >= 8 and len(full) >= 0.8 * len(decode_steps), [len(r.decode_seqs) for r in decode_steps]
     assert [r.passes for r in full] == [1] * len(full)
     assert all(r.passes == 1 for r in history if r.prefill_tokens + len(r.decode_seqs) <= 256)  # n_ubatch 256
 
@@ -144,7 +144,7 @@ def test_a_batch_of_sequences_out_of_order_is_one_pass_only_with_a_unified_kv(sm
 
 def test_a_long_prefill_does_not_starve_a_decoding_session(smollm2_path):
     """Bound: while another session prefills 512 tokens, every step carries the decoding
-    session's token (but for a few missed gathers) and at most prefill_chunk prompt tokens
+    session's token and at most prefill_chunk prompt tokens
     (ceil(512 / chunk) steps), so the decoding session's longest gap between two tokens stays
     under a quarter of the whole prefill's time (one step of all 512, as before, is all of it).
     512, not more: on this CPU prefill costs about what decode does per token (~60 tok/s on
@@ -190,10 +190,40 @@ def test_a_long_prefill_does_not_starve_a_decoding_session(smollm2_path):
     assert len(prefill_steps) == math.ceil(512 / chunk)
     for r in prefill_steps:
         assert r.prefill_seqs == (long_seq,) and r.prefill_tokens <= chunk and r.decode_seqs in ((), (decoding_seq,))
-    # the decoding session's token is in the step unless its thread missed the gather window
-    # (a busy CPU); never more than a few times
+    # the decoding session's generation stays in the engine: its token is in every such step
     missed = [i for i, r in enumerate(prefill_steps) if not r.decode_seqs]
-    assert len(missed) <= 3, (missed, [(r.decode_seqs, round(r.seconds, 3)) for r in prefill_steps])
+    assert not missed, (missed, [(r.decode_seqs, round(r.seconds, 3)) for r in prefill_steps])
     gaps = [b - a for a, b in zip(stamps, stamps[1:]) if a >= window[0] and b <= window[1]]
     assert len(gaps) >= len(prefill_steps) - 2
     assert max(gaps) < 0.25 * (window[1] - window[0]), (max(gaps), window[1] - window[0])
+
+
+def test_a_failing_call_ends_alone_and_the_others_decode_on(smollm2_path):
+    """The engine runs every call's callbacks in its own thread: one that raises (here its
+    emit, after 3 tokens) fails that call only; the sessions decoding beside it write what
+    they write alone, token for token."""
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+
+    backend = BatchedLlamaCppBackend(str(smollm2_path), n_ctx=256, max_sessions=7, n_threads=1)  # 7 calls
+    try:
+        prompts = [backend.tokenize(p.encode()) for p in PROMPTS[:3]]
+        alone = [_generate(backend, f"alone{i}", prompts[i], 10)[1] for i in range(3)]
+
+        def broken(token, seen=[]):
+            seen.append(token)
+            if len(seen) > 3:
+                raise OSError("the client's stream broke")
+
+        def call(i):
+            if i == 0:
+                with pytest.raises(OSError, match="stream broke"):
+                    _generate(backend, "broken", prompts[0], 10, emit=broken)
+                return None
+            return _generate(backend, f"together{i}", prompts[i], 10)[1]
+
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(call, range(3)))
+        assert together[1:] == alone[1:]
+        assert _generate(backend, "after", prompts[0], 10)[1] == alone[0]  # the engine goes on
+    finally:
+        backend.close()

@@ -4,26 +4,30 @@ that has a token to decode decoded in the same forward pass.
 
 A session owns a sequence id (`Session.state`); its KV cells hold exactly Session.kv_tokens,
 so a later call still evaluates only its delta (the prefill step of backends/base.py). Calls
-do not touch llama.cpp themselves: each step of a call (its delta, or the token it just
-sampled) goes to the BatchEngine, whose one thread forms and runs the steps:
+do not touch llama.cpp themselves. A Help call hands the BatchEngine one `_Generation`: its
+delta, its sampler, how many tokens it may write and its callbacks (emit, should_stop). The
+generation stays in the engine until it ends, so the engine's one thread knows every session
+that decodes and forms each step without waiting for anyone:
 
-1. gather: when the sessions of the last step are about to hand in their next token, wait
-   for them (at most `gather_s` after the last one arrived, 2 ms by default: the Python work
-   between two tokens of a call - emit, should_stop, queueing - takes tens of microseconds per
-   session, a step of a 135M model on 2 cores takes 8 ms or more; without the window a step
-   starts with the first session back and the rest fall into the next step, cohorts that
-   alternate and halve the batch);
-2. applies truncations (llama_memory_seq_rm) of the sessions in the step;
-3. fills one llama_batch: every waiting decode token first, then prefill tokens oldest call
-   first, at most `prefill_chunk` (32) of them while any session is decoding (all of n_batch
-   when none is), so a long prompt is spread over steps that each still carry every decode
-   token;
-4. runs llama_decode once. The KV cache is unified (kv_unified): llama.cpp then cuts a batch
+1. applies truncations (llama_memory_seq_rm) of the sessions in the step;
+2. fills one llama_batch: the next token of every decoding session first, then prefill
+   tokens oldest call first, at most `prefill_chunk` (32) of them while any session is
+   decoding (all of n_batch when none is), so a long prompt is spread over steps that each
+   still carry every decode token;
+3. runs llama_decode once. The KV cache is unified (kv_unified): llama.cpp then cuts a batch
    into micro-batches (forward passes) by n_ubatch tokens only; with one KV stream per
    sequence it would cut it wherever the sequence ids are not consecutive and increasing,
    a full pass over the weights for each piece;
-5. samples the next token of each session whose step is complete, with its own sampler
-   chain, from its row of the batch's logits, and wakes its call.
+4. samples the next token of each session whose step is complete, with its own sampler
+   chain, from its row of the batch's logits, and hands it on in the same thread: should_stop,
+   end of text, emit (the servicer's emit only queues a reply for the event loop), and the
+   token becomes that session's input of the next step. A generation that ends wakes its call.
+
+Before, each token went back to the call's own thread and the next step waited (a short
+gather window) for the calls to hand their tokens in again: two thread switches per token
+and per session, cohorts that missed the window, and Python work competing with llama.cpp's
+threads for the cores (0.61 of llama.cpp's own decode at one session, 0.68 at 16, SmolLM2 on
+2 cores; docs/cloud.md has today's figures).
 
 Logits do not outlive a step (the next batch overwrites them), so a session's last token is
 evaluated again when a call continues a session without a delta (after a Sync: one token).
@@ -40,14 +44,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage, timed
+from relayllm.cloud.backends.base import FINISH_EOS, FINISH_LENGTH, Backend, SamplingParams, Usage
 from relayllm.cloud.backends.llamacpp import GgufTokenizer, LlamaModelFile, physical_cores
 from relayllm.cloud.sessions import Session, SessionCache
 
-GATHER_S = 0.002  # step 1 of the module docstring
-PREFILL_CHUNK = 32  # step 3: prefill tokens per step while sessions decode (on a CPU a prompt token
-#                     costs about what a decode token does: 32 of them make a step of one decoding
-#                     session ~30x longer, of 64 sessions ~1.5x)
+PREFILL_CHUNK = 32  # step 2 of the module docstring: prefill tokens per step while sessions decode
+#                     (on a CPU a prompt token costs about what a decode token does: 32 of them
+#                     make a step of one decoding session ~30x longer, of 64 sessions ~1.5x)
 PASS_MARKER = b"attn_norm-0"  # a graph node computed once per forward pass (llama, qwen2 graphs)
 
 
@@ -58,8 +61,48 @@ class _Step:
     def __init__(self, seq: int, tokens: list[int], pos: int, keep: int | None, sampler):
         self.seq, self.tokens, self.pos, self.keep, self.sampler = seq, list(tokens), pos, keep, sampler
         self.token: int | None = None
+        self.evaluated: list[int] = []  # tokens now in the sequence's KV cells, in order
         self.error: BaseException | None = None
         self.done = threading.Event()
+
+    def advance(self, token: int | None) -> bool:
+        """The step's tokens are evaluated (and `token` sampled): True when there is more to do."""
+        self.token = token
+        return False
+
+
+class _Generation(_Step):
+    """A Help call's decode loop, run by the engine: the delta, then one token per step until
+    `should_stop` says so, the model ends its text, or `max_new_tokens` are written. Each
+    written token is emitted and then evaluated (the KV holds the whole session); a token that
+    is not written (a stop, the end of text) is not evaluated."""
+
+    def __init__(self, seq, tokens, pos, keep, sampler, *, max_new_tokens: int, should_stop: Callable[[], str | None],
+                 emit: Callable[[int], None], is_eos: Callable[[int], bool]):
+        super().__init__(seq, tokens, pos, keep, sampler)
+        self.max_new_tokens, self.should_stop, self.emit, self.is_eos = max_new_tokens, should_stop, emit, is_eos
+        self.generated: list[int] = []
+        self.finish = FINISH_LENGTH
+        self.first_token_at: float | None = None  # perf_counter when the delta was evaluated
+
+    def advance(self, token: int | None) -> bool:
+        if self.sampler is None:  # the last written token is evaluated: done
+            return False
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        stop = self.should_stop()
+        if stop:
+            self.finish = stop
+            return False
+        if self.is_eos(token):
+            self.finish = FINISH_EOS
+            return False
+        self.emit(token)
+        self.generated.append(token)
+        self.tokens = [token]
+        if len(self.generated) >= self.max_new_tokens:
+            self.sampler = None  # evaluate it, sample nothing more
+        return True
 
 
 @dataclass(frozen=True)
@@ -81,21 +124,19 @@ class BatchEngine:
     a millisecond or more per pass, so it is for tests and probes, not for serving."""
 
     def __init__(self, file: LlamaModelFile, *, n_seq: int, n_ctx_per_seq: int, n_batch: int, n_threads: int,
-                 gather_s: float = GATHER_S, prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True,
-                 count_passes: bool = False, history: int = 4096):
-        if gather_s < 0 or prefill_chunk < 1:
-            raise ValueError(f"gather_s must be >= 0 and prefill_chunk >= 1, got {gather_s!r}, {prefill_chunk!r}")
+                 prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True, count_passes: bool = False,
+                 history: int = 4096):
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk!r}")
         self.file = file
-        self.n_batch, self.gather_s, self.prefill_chunk = n_batch, gather_s, prefill_chunk
+        self.n_batch, self.prefill_chunk = n_batch, prefill_chunk
         self.n_threads, self.kv_unified = n_threads, kv_unified
         self.passes = 0
         self._callback = self._pass_counter() if count_passes else None
         self.ctx = file.context(n_ctx=n_ctx_per_seq * n_seq, n_batch=n_batch, n_threads=n_threads, n_seq_max=n_seq,
                                 kv_unified=kv_unified, eval_callback=self._callback)
         self.batch = file.internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=True)
-        self._pending: deque[_Step] = deque()
-        self._awaited: set[int] = set()  # sequences of the last step that will hand in another token
-        self._arrivals = 0
+        self._pending: deque[_Step] = deque()  # oldest first; a generation stays until it ends
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # llama_decode calls
@@ -123,45 +164,23 @@ class BatchEngine:
 
     # -- what calls do -----------------------------------------------------------------------
     def run(self, step: _Step) -> int | None:
-        """Queue a step and wait for it; returns the sampled token (None when not sampling)."""
+        """Queue a step (or a generation) and wait until it is done; returns the last sampled
+        token (None when not sampling)."""
         if not step.tokens:
             raise ValueError("a step evaluates at least one token")
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batch engine is closed")
             self._pending.append(step)
-            self._awaited.discard(step.seq)
-            self._arrivals += 1
             self._cond.notify()
         step.done.wait()
         if step.error is not None:
             raise step.error
         return step.token
 
-    def leave(self, seq: int) -> None:
-        """The call on `seq` hands in no further step (it stopped): the gather stops waiting for it."""
-        with self._cond:
-            if seq in self._awaited:
-                self._awaited.discard(seq)
-                self._cond.notify()
-
     # -- the engine thread -----------------------------------------------------------------
-    def _gather(self) -> None:
-        """Step 1: wait (holding the condition) while sessions of the last step are still
-        handing in their next token, at most gather_s after the last arrival."""
-        if not self._awaited or self.gather_s <= 0:
-            return
-        arrivals, quiet_until = self._arrivals, time.monotonic() + self.gather_s
-        while self._awaited and not self._closed:
-            left = quiet_until - time.monotonic()
-            if left <= 0:
-                return
-            self._cond.wait(left)
-            if self._arrivals != arrivals:
-                arrivals, quiet_until = self._arrivals, time.monotonic() + self.gather_s
-
     def _take(self) -> list[tuple[_Step, int]]:
-        """Step 3's choice: (step, tokens of it to evaluate now), every decode token first, then
+        """Step 2's choice: (step, tokens of it to evaluate now), every decode token first, then
         prefill oldest first within its budget. Partly taken steps stay queued."""
         budget = self.n_batch
         counts: dict[_Step, int] = {}  # in batch order
@@ -169,7 +188,7 @@ class BatchEngine:
             if budget and len(step.tokens) == 1:
                 counts[step] = 1
                 budget -= 1
-        if counts or self._awaited:  # sessions are decoding: a bounded chunk of prefill
+        if counts:  # sessions are decoding: a bounded chunk of prefill
             budget = min(budget, self.prefill_chunk)
         for step in self._pending:
             if not budget:
@@ -185,8 +204,6 @@ class BatchEngine:
             with self._cond:
                 while not self._pending and not self._closed:
                     self._cond.wait()
-                if not self._closed:
-                    self._gather()
                 if self._closed:
                     failed, self._pending = list(self._pending), deque()
                     break
@@ -194,7 +211,8 @@ class BatchEngine:
             started, passes = time.perf_counter(), self.passes
             batch = self.batch.batch
             batch.n_tokens = 0
-            finishing: list[tuple[_Step, int]] = []
+            complete: list[tuple[_Step, int]] = []  # (step, its batch row): all its tokens are in
+            sampled: dict[_Step, int | None] = {}
             try:
                 for step, count in taken:
                     if step.keep is not None:
@@ -208,27 +226,36 @@ class BatchEngine:
                         batch.logits[j] = last and i == count - 1
                         batch.n_tokens += 1
                     if last:
-                        finishing.append((step, batch.n_tokens - 1))
+                        complete.append((step, batch.n_tokens - 1))
                 self.ctx.decode(self.batch)
-                for step, index in finishing:
-                    if step.sampler is not None:
-                        step.token = step.sampler.sample(self.ctx, index)
+                for step, index in complete:
+                    sampled[step] = step.sampler.sample(self.ctx, index) if step.sampler is not None else None
             except BaseException as err:  # noqa: BLE001 - handed to every call of this batch
                 for step, _ in taken:
                     step.error = err
-                finishing = [(s, 0) for s, _ in taken]
-            self._record(taken, time.perf_counter() - started, passes)
-            with self._cond:
-                for step, count in taken:
-                    if step.error is None and not any(s is step for s, _ in finishing):
-                        step.pos += count  # partly evaluated: the rest waits for the next batch
-                        step.tokens = step.tokens[count:]
-                for step, _ in finishing:
-                    self._pending.remove(step)
-                    if step.error is None and step.sampler is not None:
-                        self._awaited.add(step.seq)  # its call will hand in the token it sampled
-            for step, _ in finishing:
-                step.done.set()
+            seconds = time.perf_counter() - started
+            self._record(taken, seconds, passes)
+            ended: list[_Step] = []
+            for step, count in taken:
+                if step.error is None:
+                    step.evaluated += step.tokens[:count]
+                    step.pos += count
+                    step.tokens = step.tokens[count:]  # partly evaluated: the rest waits for the next batch
+                if step.error is not None:
+                    ended.append(step)
+                elif step in sampled:
+                    try:  # the call's own callbacks (should_stop, emit), in this thread
+                        if not step.advance(sampled[step]):
+                            ended.append(step)
+                    except BaseException as err:  # noqa: BLE001 - that call fails, the others go on
+                        step.error = err
+                        ended.append(step)
+            if ended:
+                with self._cond:
+                    gone = set(map(id, ended))
+                    self._pending = deque(s for s in self._pending if id(s) not in gone)
+                for step in ended:
+                    step.done.set()
         for step in failed:
             step.error = RuntimeError("the batch engine closed")
             step.done.set()
@@ -259,16 +286,14 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
     name = "llama.cpp-batched"
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None,
-                 gather_ms: float = GATHER_S * 1e3, prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True,
-                 count_passes: bool = False):
+                 prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True, count_passes: bool = False):
         self.file = LlamaModelFile(gguf_path)
         self.n_ctx = n_ctx
         self.n_vocab = self.file.n_vocab
         self.model_name = self.file.path.name
         self.fingerprint = self.file.fingerprint
         self.engine = BatchEngine(self.file, n_seq=max_sessions, n_ctx_per_seq=n_ctx, n_batch=min(512, n_ctx),
-                                  n_threads=n_threads or physical_cores(), gather_s=gather_ms / 1e3,
-                                  prefill_chunk=prefill_chunk, kv_unified=kv_unified, count_passes=count_passes)
+                                  n_threads=n_threads or physical_cores(), prefill_chunk=prefill_chunk, kv_unified=kv_unified, count_passes=count_passes)
         self._free_seqs = list(range(max_sessions - 1, -1, -1))
         self._lock = threading.Lock()
         self.sessions = SessionCache(max_sessions, release=self._release)
@@ -304,7 +329,7 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
         self._step(session, tokens, None)
         session.logits_ready = False  # the next batch overwrites them: never at hand later
 
-    # -- the decode loop, one engine step per token -----------------------------------------
+    # -- the decode loop, run by the engine ---------------------------------------------------
     def prefill(self, session: Session, tokens: list[int]) -> Usage:
         usage = super().prefill(session, tokens)
         session.logits_ready = False
@@ -313,37 +338,24 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
     def generate(self, session: Session, tokens: list[int], *, max_new_tokens: int,
                  sampling: SamplingParams, should_stop: Callable[[], str | None],
                  emit: Callable[[int], None]) -> tuple[str, list[int], Usage]:
-        elapsed = timed()
+        """One _Generation in the engine (module docstring); `emit` and `should_stop` are called
+        from the engine's thread, between its steps."""
+        started = time.perf_counter()
         session.logits_ready = False
         reused = self._reuse(session, tokens)  # at least the last token is evaluated again
-        sampler = self.file.sampler(sampling, self.n_vocab)
-        seq = session.state["seq"]
+        state = session.state
+        job = _Generation(state["seq"], tokens[reused:], len(session.kv_tokens), state["keep"],
+                          self.file.sampler(sampling, self.n_vocab), max_new_tokens=max_new_tokens,
+                          should_stop=should_stop, emit=emit, is_eos=self.is_eos)
         try:
-            token = self._step(session, tokens[reused:], sampler)  # the delta, then the first new token
-            usage = Usage(prefilled_tokens=len(tokens) - reused, reused_tokens=reused, prefill_s=elapsed())
-            elapsed = timed()
-            generated: list[int] = []
-            finish = FINISH_LENGTH
-            while True:
-                stop = should_stop()
-                if stop:
-                    finish = stop
-                    break
-                if self.is_eos(token):
-                    finish = FINISH_EOS
-                    break
-                emit(token)
-                generated.append(token)
-                more = len(generated) < max_new_tokens
-                # evaluate it at once (the KV holds the whole session), sampling the next if wanted
-                token = self._step(session, [token], sampler if more else None)
-                if not more:
-                    break
+            self.engine.run(job)
         finally:
-            self.engine.leave(seq)  # no further token: the gather stops waiting
-        usage.generated_tokens = len(generated)
-        usage.generate_s = elapsed()
-        return finish, generated, usage
+            state["keep"] = None
+            session.kv_tokens = session.kv_tokens + job.evaluated
+        first = job.first_token_at or time.perf_counter()
+        usage = Usage(prefilled_tokens=len(tokens) - reused, reused_tokens=reused, prefill_s=first - started,
+                      generated_tokens=len(job.generated), generate_s=time.perf_counter() - first)
+        return job.finish, job.generated, usage
 
     def close(self) -> None:
         self.engine.close()
