@@ -237,13 +237,13 @@ class BatchEngine:
             self._record(taken, seconds, passes)
             ended: list[_Step] = []
             for step, count in taken:
-                if step.error is None:
-                    step.evaluated += step.tokens[:count]
-                    step.pos += count
-                    step.tokens = step.tokens[count:]  # partly evaluated: the rest waits for the next batch
                 if step.error is not None:
                     ended.append(step)
-                elif step in sampled:
+                    continue
+                step.evaluated += step.tokens[:count]
+                step.pos += count
+                step.tokens = step.tokens[count:]  # partly evaluated: the rest waits for the next batch
+                if step in sampled:
                     try:  # the call's own callbacks (should_stop, emit), in this thread
                         if not step.advance(sampled[step]):
                             ended.append(step)
@@ -252,8 +252,8 @@ class BatchEngine:
                         ended.append(step)
             if ended:
                 with self._cond:
-                    gone = set(map(id, ended))
-                    self._pending = deque(s for s in self._pending if id(s) not in gone)
+                    gone = set(ended)
+                    self._pending = deque(s for s in self._pending if s not in gone)
                 for step in ended:
                     step.done.set()
         for step in failed:
@@ -317,16 +317,18 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
         pending = session.state["keep"]
         session.state["keep"] = keep if pending is None else min(pending, keep)
 
-    def _step(self, session: Session, tokens: list[int], sampler) -> int | None:
-        state = session.state
-        step = _Step(state["seq"], tokens, len(session.kv_tokens), state["keep"], sampler)
-        token = self.engine.run(step)
-        state["keep"] = None
-        session.kv_tokens = session.kv_tokens + list(tokens)
-        return token
+    def _run(self, session: Session, step: _Step) -> None:
+        """Run a step (or a generation) of the session's sequence; its KV cells then hold what
+        the engine evaluated."""
+        try:
+            self.engine.run(step)
+        finally:
+            session.state["keep"] = None
+            session.kv_tokens = session.kv_tokens + step.evaluated
 
     def _evaluate(self, session: Session, tokens: list[int]) -> None:
-        self._step(session, tokens, None)
+        state = session.state
+        self._run(session, _Step(state["seq"], tokens, len(session.kv_tokens), state["keep"], None))
         session.logits_ready = False  # the next batch overwrites them: never at hand later
 
     # -- the decode loop, run by the engine ---------------------------------------------------
@@ -347,11 +349,7 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
         job = _Generation(state["seq"], tokens[reused:], len(session.kv_tokens), state["keep"],
                           self.file.sampler(sampling, self.n_vocab), max_new_tokens=max_new_tokens,
                           should_stop=should_stop, emit=emit, is_eos=self.is_eos)
-        try:
-            self.engine.run(job)
-        finally:
-            state["keep"] = None
-            session.kv_tokens = session.kv_tokens + job.evaluated
+        self._run(session, job)
         first = job.first_token_at or time.perf_counter()
         usage = Usage(prefilled_tokens=len(tokens) - reused, reused_tokens=reused, prefill_s=first - started,
                       generated_tokens=len(job.generated), generate_s=time.perf_counter() - first)
