@@ -227,27 +227,12 @@ def run_cloud_scale(cfg: dict, progress) -> tuple[dict, list[Figure]]:
 
 
 def run_pair(cfg: dict, progress) -> tuple[dict, list[Figure]]:
-    """The registry's real pair side by side (training/bench/pair.py): each model through the SDK
-    against llama.cpp's own create_completion, then the pair's cost ratios."""
+    """The registry's real pair side by side (training/bench/pair.py)."""
     from relayllm.training.bench import pair
 
     progress("pair: Qwen2.5-Coder 0.5B and 1.5B, SDK against llama.cpp, prefill, RSS")
     out = pair.run(rounds=3, tokens=64, out_dir=Path(cfg["out"]) / "pair")
-    figs = []
-    for role in ("slm", "llm"):
-        m = out[role]
-        d = m["decode"]
-        figs.append(Figure.pair("pair", f"{m['name']} decode tok/s, SDK", d["sdk"]["decode_tok_s"],
-                                "llama.cpp create_completion", d["llama_cpp"]["decode_tok_s"], "tok/s",
-                                goal=">= 0.97", goal_min=0.97))
-        figs.append(Figure.pair("pair", f"{m['name']} time to first token, {m['prefill']['prompt_tokens']}-token "
-                                "GSM8K prompt", m["prefill"]["prefill_s"] * 1e3, "", None, "ms"))
-    slm, llm = out["slm"], out["llm"]
-    figs.append(Figure.pair("pair", "decode step, LLM (llama.cpp)", llm["step"]["s_per_token"] * 1e3,
-                            "decode step, SLM (llama.cpp)", slm["step"]["s_per_token"] * 1e3, "ms"))
-    figs.append(Figure.pair("pair", "non-embedding parameters, LLM", llm["non_embedding_parameters"] / 1e6,
-                            "SLM", slm["non_embedding_parameters"] / 1e6, "M"))
-    return out, figs
+    return out, pair.figures(out, Figure.pair)
 
 
 def _not_measured(result: dict) -> list[str]:

@@ -107,6 +107,26 @@ def table(r: dict) -> str:
     return "\n".join(rows)
 
 
+def figures(r: dict, pair) -> list:
+    """`relayllm bench --only pair` figures (pair: bench/figures.py Figure.pair): each model
+    through the SDK against llama.cpp's create_completion, then the pair's cost ratios."""
+    figs = []
+    for role in ("slm", "llm"):
+        m = r[role]
+        d = m["decode"]
+        figs.append(pair("pair", f"{m['name']} decode tok/s, SDK", d["sdk"]["decode_tok_s"],
+                         "llama.cpp create_completion", d["llama_cpp"]["decode_tok_s"], "tok/s",
+                         goal=">= 0.97", goal_min=0.97))
+        figs.append(pair("pair", f"{m['name']} time to first token, {m['prefill']['prompt_tokens']}-token "
+                         "GSM8K prompt", m["prefill"]["prefill_s"] * 1e3, "", None, "ms"))
+    slm, llm = r["slm"], r["llm"]
+    figs.append(pair("pair", "decode step, LLM (llama.cpp)", llm["step"]["s_per_token"] * 1e3,
+                     "decode step, SLM (llama.cpp)", slm["step"]["s_per_token"] * 1e3, "ms"))
+    figs.append(pair("pair", "non-embedding parameters, LLM", llm["non_embedding_parameters"] / 1e6,
+                     "SLM", slm["non_embedding_parameters"] / 1e6, "M"))
+    return figs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)

@@ -36,7 +36,7 @@ RECIPE = HERE / "recipes" / "qwen2.5-coder-pair.toml"
 MANIFEST = "manifest.json"
 # peft's adapter (LoRA + the command rows of the input embedding) and the command rows of the
 # output head (training/relay/warmup.py with_lora: the Qwen2.5 GGUFs load with an untied head)
-HEAD_ROWS_FILE = "command_head_rows.safetensors"  # warmup.save_command_head_rows writes it
+HEAD_ROWS_FILE = "command_head_rows.safetensors"  # lora.save_command_head_rows writes it
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", HEAD_ROWS_FILE)
 
 
