@@ -54,3 +54,17 @@ def test_the_committed_relay_adapter_matches_its_manifest_and_todays_recipe():
     assert ship.check() == []
     m = ship.manifest()
     assert m["base"] == "qwen2.5-coder-0.5b-instruct" and m["recipe"].endswith(ship.RECIPE.name)
+
+
+def test_the_gguf_built_from_base_and_adapter_is_the_model_the_warm_up_trained(packaged, tmp_path):
+    """What a first `relayllm models pull qwen2.5-coder-0.5b-relay` does (merge in float32,
+    convert, quantize as the manifest says), on the tiny pair: the built GGUF chooses what the
+    warm-up's own merged checkpoint chooses, position by position, command tokens included."""
+    from relayllm.training.models import export
+
+    folder, recipe = packaged
+    root = folder.parent
+    built = ship.build(tmp_path / "relay.gguf", folder=folder, base=root / "slm", recipe=recipe, progress=False)
+    report = export.parity(built, root / "run" / "warmup", [rm.PROMPT + rm.ANSWER, rm.PROMPT])
+    assert report.token_mismatches == 0 and report.greedy_agree == report.positions
+    assert not list(tmp_path.glob(".build-*"))  # the build's scratch folder is gone

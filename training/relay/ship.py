@@ -10,7 +10,7 @@ into torch, the adapter merged, llama.cpp's converter, the manifest's quantizati
 rename into the models cache. That needs the train extra (torch); the edge then runs the file
 like any other.
 
-    python -m relayllm.training.relay.ship package runs/relay-pair   # after `relayllm train warmup`
+    python -m relayllm.training.relay.ship package runs/relay-pair [--validation runs/probe/relay.json]
     python -m relayllm.training.relay.ship check                      # the manifest still matches
 
 `check()` is what the tests run: the recipe changed since the adapter was trained, or an
@@ -98,11 +98,13 @@ def package(run_dir: str | Path, folder: Path = SHIPPED, recipe: Path = RECIPE, 
     return folder
 
 
-def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED) -> Path:
-    """The relay SLM's GGUF at `dest`, built from the base model and the shipped adapter."""
+def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED, base: str | Path | None = None,
+          recipe: Path = RECIPE) -> Path:
+    """The relay SLM's GGUF at `dest`, built from the base model (the manifest's, from the
+    registry; `base`: a GGUF or HF folder instead) and the shipped adapter."""
     from relayllm.protos.registry import RegistryError, pull
 
-    problems = check(folder)
+    problems = check(folder, recipe)
     if problems:
         raise RegistryError(f"{NAME}: the shipped adapter does not match its manifest: {'; '.join(problems)}")
     try:
@@ -118,10 +120,12 @@ def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED) ->
 
     m = manifest(folder)
     dest = Path(dest)
-    base = pull(m["base"], progress=progress)
+    base = base or pull(m["base"], progress=progress)
     with tempfile.TemporaryDirectory(prefix=f".build-{NAME}-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
-        model, tokenizer = load_checkpoint(base, what="base SLM", dtype=torch.bfloat16)
+        # float32, as the warm-up trained: a bfloat16 merge rounds away LoRA deltas smaller
+        # than the weight's last bit (8 bits of mantissa), which is most of them
+        model, tokenizer = load_checkpoint(base, what="base SLM", dtype=torch.float32)
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         from safetensors.torch import load_file
 
@@ -138,15 +142,25 @@ def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED) ->
     return dest
 
 
+def validation_figures(result_json: str | Path) -> dict:
+    """The manifest's validation figures from a `relayllm eval --mode relay` result (relay.json):
+    every run's setting, n, accuracy, LLM token ratio, calls per answer and cut answers."""
+    result = json.loads(Path(result_json).read_text())
+    keep = ("setting_name", "setting", "n", "correct", "accuracy", "llm_token_ratio", "calls_per_question", "cut")
+    return {"data": result["meta"]["data"], "llm": Path(result["meta"]["llm"]).name,
+            "max_tokens": result["meta"]["max_tokens"], "runs": [{k: r[k] for k in keep} for r in result["runs"]]}
+
+
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["package"] and len(argv) == 2:
-        print(package(argv[1]))
+    if argv[:1] == ["package"] and len(argv) in (2, 4) and (len(argv) == 2 or argv[2] == "--validation"):
+        print(package(argv[1], validation=validation_figures(argv[3]) if len(argv) == 4 else None))
         return 0
     if argv[:1] == ["check"]:
         problems = check()
         print("\n".join(problems) or f"{NAME}: the shipped adapter matches its manifest and the recipe")
         return 1 if problems else 0
-    print("usage: python -m relayllm.training.relay.ship package RUN_DIR | check", file=sys.stderr)
+    print("usage: python -m relayllm.training.relay.ship package RUN_DIR [--validation RELAY.json] | check",
+          file=sys.stderr)
     return 2
 
 
