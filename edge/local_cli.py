@@ -32,7 +32,10 @@ OPENMP_ENV = {"OMP_WAIT_POLICY": "passive"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this device only)")
-    parser.add_argument("--model", metavar="GGUF", default=None, help="the SLM (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", metavar="GGUF|NAME", default=None,
+                        help="the SLM: a GGUF path or a registry name (`relayllm models list`; default: "
+                             "qwen2.5-coder-0.5b-instruct, pulled on first use; qwen2.5-coder-0.5b-relay: "
+                             "the shipped relay SLM, built on first use)")
     parser.add_argument("--cloud", metavar="HOST:PORT", default=None, help="the relay cloud (default: none)")
     parser.add_argument("--token", default=None, help="bearer token for the cloud service")
     parser.add_argument("--api-key", default=os.environ.get("RELAYLLM_API_KEY"),
