@@ -59,7 +59,7 @@ def test_the_committed_relay_adapter_matches_its_manifest_and_todays_recipe():
 def test_the_gguf_built_from_base_and_adapter_is_the_model_the_warm_up_trained(packaged, tmp_path):
     """What a first `relayllm models pull qwen2.5-coder-0.5b-relay` does (merge in float32,
     convert, quantize as the manifest says), on the tiny pair: the built GGUF chooses what the
-    warm-up's own merged checkpoint chooses, position by position, command tokens included."""
+    warm-up's own merged checkpoint chooses, position by position."""
     from relayllm.training.models import export
 
     folder, recipe = packaged

@@ -152,16 +152,21 @@ def validation_figures(result_json: str | Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["package"] and len(argv) in (2, 4) and (len(argv) == 2 or argv[2] == "--validation"):
-        print(package(argv[1], validation=validation_figures(argv[3]) if len(argv) == 4 else None))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m relayllm.training.relay.ship")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pack = sub.add_parser("package", help="copy a finished warm-up's adapter here and write its manifest")
+    pack.add_argument("run_dir", help="the `relayllm train --out` folder (its warmup/ is packaged)")
+    pack.add_argument("--validation", metavar="RELAY.json", help="a `relayllm eval --mode relay` result for the manifest")
+    sub.add_parser("check", help="the shipped adapter still matches its manifest and the recipe")
+    args = parser.parse_args(argv)
+    if args.command == "package":
+        print(package(args.run_dir, validation=validation_figures(args.validation) if args.validation else None))
         return 0
-    if argv[:1] == ["check"]:
-        problems = check()
-        print("\n".join(problems) or f"{NAME}: the shipped adapter matches its manifest and the recipe")
-        return 1 if problems else 0
-    print("usage: python -m relayllm.training.relay.ship package RUN_DIR [--validation RELAY.json] | check",
-          file=sys.stderr)
-    return 2
+    problems = check()
+    print("\n".join(problems) or f"{NAME}: the shipped adapter matches its manifest and the recipe")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
