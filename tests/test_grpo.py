@@ -208,14 +208,17 @@ def test_training_limits_differ_from_the_evaluations_by_name_only(tmp_path):
     assert TRAIN_LIMITS != EVAL_LIMITS and "TRAIN_LIMITS" in GrpoConfig.__dataclass_fields__["max_calls"].metadata["help"]
 
 
-def test_a_run_cut_by_its_time_budget_resumes_to_the_same_steps(tmp_path):
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_a_run_cut_by_its_time_budget_resumes_to_the_same_steps(tmp_path, lora_r):
     """`budget_minutes=0`: the run stops after its first step, with a checkpoint there; run
-    again, it goes on and writes steps 2 and 3 exactly as a run that was never cut."""
+    again, it goes on and writes steps 2 and 3 exactly as a run that was never cut. With
+    LoRA (the real pair's recipe) the checkpoint holds the adapter and the head's command
+    rows, and the finished run the adapter beside the merged model."""
     from safetensors.torch import load_file
 
     slm_dir, llm_dir = rm.save_pair(tmp_path, rm.SLM_CALLING)
     kw = dict(rows=ROWS, steps=3, group_size=4, prompts_per_step=1, max_tokens=16, save_steps=10, lr=1e-2,
-              llm_temperature=0.0, progress=False)
+              llm_temperature=0.0, progress=False, lora_r=lora_r, lora_alpha=8)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     grpo.run_grpo(slm_dir, llm_dir, whole, **kw)
     grpo.run_grpo(slm_dir, llm_dir, cut, budget_minutes=0.0, **kw)
@@ -234,3 +237,10 @@ def test_a_run_cut_by_its_time_budget_resumes_to_the_same_steps(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     start = load_file(slm_dir / "model.safetensors")
     assert any(not torch.allclose(start[k], wa[k]) for k in start)  # training moved the weights
+    if lora_r:
+        from relayllm.training.relay.ship import HEAD_ROWS_FILE
+
+        assert (cut / "checkpoint-1" / HEAD_ROWS_FILE).is_file()  # the head's command rows resume too
+        # the adapter alone, without TRL's frozen copy of it (the KL reference; peft saves
+        # a second adapter in a folder of its name)
+        assert (whole / "adapter" / "adapter_model.safetensors").is_file() and not (whole / "adapter" / "ref").exists()

@@ -68,3 +68,46 @@ def test_the_gguf_built_from_base_and_adapter_is_the_model_the_warm_up_trained(p
     report = export.parity(built, root / "run" / "warmup", [rm.PROMPT + rm.ANSWER, rm.PROMPT])
     assert report.token_mismatches == 0 and report.greedy_agree == report.positions
     assert not list(tmp_path.glob(".build-*"))  # the build's scratch folder is gone
+
+
+def test_unpack_gives_grpo_the_warm_up_that_was_shipped(packaged, tmp_path):
+    """`ship unpack`: the shipped adapter, merged into the base, is a finished warm-up stage
+    (the warm-up's own merged weights, its command context), so GRPO starts from it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from relayllm.training.relay.cli import trained_command_context
+    from relayllm.training.relay.config import TrainConfig
+
+    folder, recipe = packaged
+    root = folder.parent
+    out = ship.unpack(tmp_path / "run", folder=folder, base=root / "slm", recipe=recipe)
+    assert (out / warmup.DONE_MARK).is_file() and trained_command_context(out, TrainConfig()) == "keep"
+    a, b = load_file(out / "model.safetensors"), load_file(root / "run" / "warmup" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_grpo_adapter_ships_beside_the_warm_ups_and_the_build_merges_both(packaged, tmp_path):
+    """GRPO with LoRA on the unpacked warm-up: `package` ships its adapter in grpo/, the
+    manifest pins both stages, and the built GGUF chooses what GRPO's merged checkpoint does."""
+    from relayllm.training.models import export
+    from relayllm.training.relay import grpo
+
+    folder, recipe = packaged
+    root = folder.parent
+    recipe2 = tmp_path / "recipe.toml"
+    recipe2.write_text(recipe.read_text() + "[grpo]\nlora_r = 2\n")
+    assert ship.check(folder, recipe2) == []  # a change to GRPO's section leaves a warm-up-only artifact current
+    run = tmp_path / "run"
+    ship.unpack(run, folder=folder, base=root / "slm", recipe=recipe)
+    grpo.run_grpo(run / "warmup", root / "llm", run / "grpo", rows=[{"prompt": rm.PROMPT, "answer": rm.ANSWER}],
+                  steps=1, group_size=2, prompts_per_step=1, max_tokens=8, lr=1e-2, lora_r=2, lora_alpha=4,
+                  progress=False)
+    shipped = ship.package(run, folder=tmp_path / "shipped", recipe=recipe2)
+    m = ship.manifest(shipped)
+    assert m["stage"] == "grpo" and m["grpo"]["steps"] == 1 and f"{ship.GRPO_DIR}/adapter_model.safetensors" in m["files"]
+    assert ship.check(shipped, recipe2) == []
+    assert "recipe" in ship.check(shipped, recipe)[0]  # now GRPO's section is part of what it was trained by
+    built = ship.build(tmp_path / "relay.gguf", folder=shipped, base=root / "slm", recipe=recipe2, progress=False)
+    report = export.parity(built, run / "grpo", [rm.PROMPT + rm.ANSWER, rm.PROMPT])
+    assert report.token_mismatches == 0 and report.greedy_agree == report.positions

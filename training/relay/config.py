@@ -144,6 +144,9 @@ class GrpoConfig:
                                     "0: every rollout of a step at once")
     llm_solvable_only: bool = _f(True, "train on questions the in-process LLM solves greedily")
     save_steps: int = _f(10, "checkpoint every this many steps (resume point)")
+    lora_r: int = _f(0, "LoRA rank on the attention projections plus the command tokens' rows, on top of the "
+                        "model GRPO starts from (which is then the KL reference); 0: every weight trains")
+    lora_alpha: int = _f(32, "LoRA scaling alpha (with lora_r > 0)")
 
     def __post_init__(self):
         _rows_ok(self.rows, "grpo")
@@ -153,6 +156,7 @@ class GrpoConfig:
         _need(self.group_size >= 2, "grpo", f"group_size must be at least 2 (GRPO compares a group), got {self.group_size}")
         _need(self.n_prompts is None or self.n_prompts >= 1, "grpo", f"n_prompts must be at least 1, got {self.n_prompts}")
         _need(self.max_calls >= 0, "grpo", f"max_calls must be >= 0, got {self.max_calls}")
+        _need(self.lora_r >= 0 and self.lora_alpha >= 1, "grpo", "lora_r must be >= 0 and lora_alpha >= 1")
         _need(self.rollout_batch_size >= 0, "grpo", f"rollout_batch_size must be >= 0, got {self.rollout_batch_size}")
         _need(self.command_context in COMMAND_CONTEXTS, "grpo",
               f"command_context must be 'keep' or 'drop', got {self.command_context!r}")

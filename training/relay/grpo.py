@@ -30,7 +30,7 @@ from relayllm.training.errors import TrainingError
 from relayllm.training.relay.batched_decode import PaddedBatch
 from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
 from relayllm.training.relay.config import GrpoConfig
-from relayllm.training.relay.helper_llm import CloudLLM, LocalLLM
+from relayllm.training.relay.helper_llm import CloudLLM, LocalLLM, make_helper  # noqa: F401 - part of this module's API
 from relayllm.training.relay.grpo_parts import RelayReward, _budget_callback, _metrics_callback, _truncate_metrics  # noqa: F401 - RelayReward is part of this module's API
 from relayllm.training.relay.rewards import REWARDS, Rollout, group_rewards  # noqa: F401
 
@@ -279,7 +279,7 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     from trl import GRPOConfig, GRPOTrainer
 
     out_dir = Path(out_dir)
-    if kl > 0 and not (Path(getattr(model.config, "_name_or_path", "") or "/nonexistent") / "config.json").is_file():
+    if kl > 0 and not hasattr(model, "disable_adapter") and not (Path(getattr(model.config, "_name_or_path", "") or "/nonexistent") / "config.json").is_file():
         # TRL builds the KL reference model from the policy's checkpoint folder: give an
         # in-memory model one
         model.save_pretrained(out_dir / "initial-policy")
@@ -306,17 +306,6 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
                           processing_class=tokenizer, rollout_func=rollout,
                           callbacks=[_metrics_callback(out_dir / METRICS_FILE), *callbacks])
     return trainer
-
-
-def make_helper(llm, tokenizer, *, temperature: float = 0.7):
-    """The helper LLM: an HF checkpoint folder (in process), a loaded model, or a cloud
-    target "grpc://host:port" / a CloudClient."""
-    if isinstance(llm, str) and llm.startswith("grpc://"):
-        return CloudLLM(llm[len("grpc://"):], tokenizer, temperature=temperature), None
-    if hasattr(llm, "session") and hasattr(llm, "info"):  # a CloudClient
-        return CloudLLM(llm, tokenizer, temperature=temperature), None
-    model = llm if hasattr(llm, "generate") else load_checkpoint(llm, what="LLM")[0]
-    return LocalLLM(model, tokenizer, temperature=temperature), model
 
 
 def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=None, rows=None, seed: int = 0,
@@ -350,6 +339,10 @@ def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=N
 
         grader = task.grade
     model, tokenizer = load_checkpoint(slm, what="SLM")
+    if c.lora_r > 0:  # adapters on the model GRPO starts from; TRL's KL reference is that model (adapters off)
+        from relayllm.training.relay.lora import with_lora
+
+        model = with_lora(model, c, add_command_tokens(tokenizer))
     helper, llm_model = make_helper(llm, tokenizer, temperature=c.llm_temperature)
     pairs = _prompt_rows(llm_model, tokenizer, rows, c.n_prompts or c.steps * c.prompts_per_step, seed,
                          c.llm_solvable_only, progress, questions=questions, grader=grader, max_tokens=c.max_tokens)
@@ -369,6 +362,11 @@ def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=N
     budget = _budget_callback(budget_minutes) if budget_minutes is not None else None
     if budget is not None:
         trainer.add_callback(budget)
+    if c.lora_r > 0:
+        from relayllm.training.relay.lora import head_rows_checkpoints, restore_command_head_rows
+
+        trainer.add_callback(head_rows_checkpoints(model, add_command_tokens(tokenizer)))
+        restore_command_head_rows(model, last)
     (out_dir / CUT_MARK).unlink(missing_ok=True)
     try:
         trainer.train(resume_from_checkpoint=last)
@@ -379,7 +377,13 @@ def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=N
         (out_dir / CUT_MARK).write_text(json.dumps({"step": budget.cut_at, "steps": c.steps,
                                                     "budget_minutes": budget_minutes, "resumed_from": last}))
         return out_dir
-    trainer.save_model(str(out_dir))
+    if c.lora_r > 0:
+        from relayllm.training.relay.lora import save_adapter_and_merged
+        from relayllm.training.relay.warmup import ADAPTER_DIR
+
+        save_adapter_and_merged(trainer.model, add_command_tokens(tokenizer), out_dir, ADAPTER_DIR)
+    else:
+        trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     summary = {"steps": trainer.state.global_step, "reward": c.reward, "mask_llm_tokens": c.mask_llm_tokens,
                "helper_calls": helper.stats.calls, "helper_tokens": helper.stats.tokens, "resumed_from": last,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from relayllm.protos.grammar import remove_command_ids
-from relayllm.training.relay.checkpoints import add_command_tokens
+from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
 
 
 @dataclass
@@ -114,3 +114,14 @@ class CloudLLM:
         for key in list(self._sessions):
             self.end_sample(key)
         self.client.close()
+
+
+def make_helper(llm, tokenizer, *, temperature: float = 0.7):
+    """The helper LLM: an HF checkpoint folder (in process), a loaded model, or a cloud
+    target "grpc://host:port" / a CloudClient."""
+    if isinstance(llm, str) and llm.startswith("grpc://"):
+        return CloudLLM(llm[len("grpc://"):], tokenizer, temperature=temperature), None
+    if hasattr(llm, "session") and hasattr(llm, "info"):  # a CloudClient
+        return CloudLLM(llm, tokenizer, temperature=temperature), None
+    model = llm if hasattr(llm, "generate") else load_checkpoint(llm, what="LLM")[0]
+    return LocalLLM(model, tokenizer, temperature=temperature), model

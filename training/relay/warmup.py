@@ -35,7 +35,8 @@ from relayllm.training.errors import TrainingError
 from relayllm.training.relay.checkpoints import add_command_tokens, command_ids, load_checkpoint
 from relayllm.training.relay.config import WARMUP_STRATEGIES as STRATEGIES
 from relayllm.training.relay.config import WarmupConfig
-from relayllm.training.relay.lora import LORA_TARGETS, save_command_head_rows, with_lora  # noqa: F401
+from relayllm.training.relay.lora import (LORA_TARGETS, head_rows_checkpoints, restore_command_head_rows,  # noqa: F401
+                                         save_adapter_and_merged, with_lora)
 from relayllm.training.relay.ship import HEAD_ROWS_FILE  # noqa: F401 - the output head's command rows, beside the adapter
 
 DONE_MARK = "warmup_done.json"
@@ -351,13 +352,12 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
                            max_steps=c.steps, lr=c.lr, batch_size=c.batch_size, seed=seed, progress=progress,
                            save_steps=c.save_steps, amp_bf16=c.amp_bf16)
     last = _last_checkpoint(out_dir) if resume else None
+    if c.lora_r > 0:
+        trainer.add_callback(head_rows_checkpoints(model, (open_id, close_id)))
+        restore_command_head_rows(model, last)
     result = trainer.train(resume_from_checkpoint=last)
     if c.lora_r > 0:
-        # the adapter (small: what a release ships) apart, then the merged model, a plain HF
-        # checkpoint that GRPO, the export and the parity checks read like any other
-        trainer.save_model(str(out_dir / ADAPTER_DIR))
-        save_command_head_rows(trainer.model, (open_id, close_id), out_dir / ADAPTER_DIR)
-        trainer.model.merge_and_unload().save_pretrained(str(out_dir))
+        save_adapter_and_merged(trainer.model, (open_id, close_id), out_dir, ADAPTER_DIR)
     else:
         trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
