@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from relayllm.protos.grammar import command_at_end_of_ids
 from relayllm.protos.protocol import EVAL_LIMITS, TRAIN_LIMITS, call_size, check_command_context, drops_command
@@ -72,15 +73,14 @@ class _Step:
 
 
 class RelayRollout:
-    """`rollout_func` for GRPOTrainer: one relay rollout per prompt it is given (TRL already
-    repeats each prompt `num_generations` times, consecutively), decoded `batch_size` at a
-    time (0: all of them) by `rollout_group`."""
+    """`rollout_func` for GRPOTrainer: one relay rollout per prompt (TRL repeats each prompt
+    `num_generations` times), `batch_size` decoded together (0: all) by `rollout_group`."""
 
     def __init__(self, tokenizer, helper, *, max_tokens: int = TRAIN_LIMITS.max_tokens,
                  max_calls: int = TRAIN_LIMITS.max_calls, temperature: float = 1.0, mask_llm_tokens: bool = True,
                  seed: int = 0, rollout_threads: int | None = None, command_context: str = "keep",
-                 batch_size: int = 0):
-        self.tokenizer, self.helper = tokenizer, helper
+                 batch_size: int = 0, progress: bool = False):
+        self.tokenizer, self.helper, self.progress = tokenizer, helper, progress
         # None: on a CPU, 1 thread for a tiny model (see __call__), every thread for a real one
         self.rollout_threads = rollout_threads
         self.max_tokens, self.max_calls, self.temperature = max_tokens, max_calls, temperature
@@ -179,14 +179,17 @@ class RelayRollout:
     def rollout_group(self, model, prompts: list[list[int]], generator: torch.Generator) -> list[dict]:
         """`rollout_one` for many samples at once (training/relay/batched_decode.py: one KV
         cache, a padded chunk per step, masks for padding and dropped commands): greedy, it
-        writes what `rollout_one` writes, token for token (tests/test_grpo_batched.py)."""
+        writes what `rollout_one` writes, token for token (tests/test_grpo_batched.py). A real
+        pair's group is minutes of decoding: a bar follows its longest sample."""
         samples = [_Sample(list(p), key=i) for i, p in enumerate(prompts)]
         for s in samples:
             self.helper.new_sample(s.key)
         batch = PaddedBatch(model, len(samples), self.pad)
         chunks = batch.forward({i: s.prompt for i, s in enumerate(samples)}, keep=1)
         last = {i: c[-1] for i, c in chunks.items()}
+        bar = tqdm(total=self.max_tokens, desc=f"rollouts x{len(samples)}", unit="tok", leave=False, disable=not self.progress)
         while True:
+            bar.update(max(len(s.completion) for s in samples) - bar.n)
             steps = {}
             for i, s in enumerate(samples):
                 if s.done:
@@ -209,6 +212,7 @@ class RelayRollout:
                 if samples[i].done:
                     self.helper.end_sample(samples[i].key)
                     batch.finish(i)
+        bar.close()
         return [s.result() for s in samples]
 
     def __call__(self, prompts: list[str], trainer) -> dict:
@@ -294,7 +298,7 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in pairs])
     rollout = RelayRollout(tokenizer, helper, max_tokens=max_tokens, max_calls=max_calls, temperature=temperature,
                            mask_llm_tokens=mask_llm_tokens, seed=seed, command_context=command_context,
-                           batch_size=rollout_batch_size)
+                           batch_size=rollout_batch_size, progress=progress)
     trainer_class = GRPOTrainer
     if command_context == "drop":  # TRL's scoring pass must see the commands dropped, as the rollout did
         from relayllm.training.relay.drop_context import DropView, drop_context_trainer_class
