@@ -147,6 +147,8 @@ class GrpoConfig:
     lora_r: int = _f(0, "LoRA rank on the attention projections plus the command tokens' rows, on top of the "
                         "model GRPO starts from (which is then the KL reference); 0: every weight trains")
     lora_alpha: int = _f(32, "LoRA scaling alpha (with lora_r > 0)")
+    amp_bf16: bool | None = _f(None, "TRL's bfloat16 autocast in the scoring pass (None: TRL's default, on); false "
+                                     "on a CPU without fast bf16 matmuls, where a step of the 0.5B took 4x as long")
 
     def __post_init__(self):
         _rows_ok(self.rows, "grpo")

@@ -32,7 +32,7 @@ from relayllm.training.relay.batched_decode import PaddedBatch
 from relayllm.training.relay.checkpoints import add_command_tokens, load_checkpoint
 from relayllm.training.relay.config import GrpoConfig
 from relayllm.training.relay.helper_llm import CloudLLM, LocalLLM, make_helper  # noqa: F401 - part of this module's API
-from relayllm.training.relay.grpo_parts import RelayReward, _budget_callback, _metrics_callback, _truncate_metrics  # noqa: F401 - RelayReward is part of this module's API
+from relayllm.training.relay.grpo_parts import RelayReward, _budget_callback, _metrics_callback, _prompt_rows, _truncate_metrics  # noqa: F401 - RelayReward is part of this module's API
 from relayllm.training.relay.rewards import REWARDS, Rollout, group_rewards  # noqa: F401
 
 DONE_MARK = "grpo_done.json"
@@ -256,28 +256,12 @@ class RelayRollout:
         return out
 
 
-def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable_only: bool, progress: bool, *,
-                 questions=None, grader=None, max_tokens: int = 64):
-    """Training prompts (text, answer); by default only those the LLM solves greedily."""
-    from relayllm.training.relay.warmup import _rows, greedy_ids
-
-    pairs = _rows(rows, None, None, n_prompts * (2 if solvable_only else 1), seed, questions=questions,
-                  tokenizer=tokenizer)
-    if solvable_only and llm_model is not None:
-        sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs],
-                          max_tokens)
-        pairs = [pa for pa, s in zip(pairs, sols) if grader(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
-    if not pairs:
-        raise TrainingError("no GRPO training prompt (the LLM solved none)")
-    return pairs[:n_prompts]
-
-
 def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, group_size: int = 8,
                  prompts_per_step: int = 2, reward: str = "table", lam: float = 0.5, mask_llm_tokens: bool = True,
                  lr: float = 1e-4, kl: float = 1e-2, clip: float = 0.2, temperature: float = 1.0,
                  max_tokens: int = TRAIN_LIMITS.max_tokens, max_calls: int = TRAIN_LIMITS.max_calls, seed: int = 0,
                  progress: bool = True, save_steps: int = 10, grader=None, command_context: str = "keep",
-                 rollout_batch_size: int = 0, callbacks=()):
+                 rollout_batch_size: int = 0, callbacks=(), amp_bf16: bool | None = None):
     """TRL GRPOTrainer with the relay rollout and reward (CPU when there is no GPU)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -294,6 +278,7 @@ def make_trainer(model, tokenizer, helper, pairs, out_dir, *, steps: int = 20, g
         beta=kl, epsilon=clip, temperature=temperature, max_completion_length=max_tokens, logging_steps=1,
         save_steps=save_steps, save_total_limit=2, report_to="none", use_cpu=not torch.cuda.is_available(),
         seed=seed, data_seed=seed, disable_tqdm=not progress, dataloader_num_workers=0, log_completions=False,
+        **({} if amp_bf16 is None else {"bf16": bool(amp_bf16)}),  # TRL's default is on (see GrpoConfig.amp_bf16)
     )
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in pairs])
     rollout = RelayRollout(tokenizer, helper, max_tokens=max_tokens, max_calls=max_calls, temperature=temperature,
@@ -362,7 +347,8 @@ def run_grpo(slm, llm, out_dir, config: GrpoConfig | None = None, *, questions=N
                            mask_llm_tokens=c.mask_llm_tokens, lr=c.lr, kl=c.kl, clip=c.clip,
                            temperature=c.temperature, max_tokens=c.max_tokens, max_calls=c.max_calls, seed=seed,
                            progress=progress, save_steps=c.save_steps, grader=grader,
-                           command_context=c.command_context, rollout_batch_size=c.rollout_batch_size)
+                           command_context=c.command_context, rollout_batch_size=c.rollout_batch_size,
+                           amp_bf16=c.amp_bf16)
     budget = _budget_callback(budget_minutes) if budget_minutes is not None else None
     if budget is not None:
         trainer.add_callback(budget)

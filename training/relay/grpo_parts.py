@@ -1,4 +1,5 @@
-"""GRPO's pieces around TRL's trainer: the relay reward function and the step callbacks.
+"""GRPO's pieces around TRL's trainer: the relay reward function, the step callbacks and the
+training questions.
 
 `RelayReward` is the reward function GRPOTrainer calls (training/relay/rewards.py decides the
 values); the callbacks append each step's log to metrics.jsonl and stop at a time budget with
@@ -87,3 +88,19 @@ def _truncate_metrics(path: Path, upto_step: int) -> None:
     if path.is_file():
         keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= upto_step]
         path.write_text("".join(line + "\n" for line in keep))
+
+
+def _prompt_rows(llm_model, tokenizer, rows, n_prompts: int, seed: int, solvable_only: bool, progress: bool, *,
+                 questions=None, grader=None, max_tokens: int = 64):
+    """Training prompts (text, answer); by default only those the LLM solves greedily."""
+    from relayllm.training.relay.warmup import _rows, greedy_ids
+
+    pairs = _rows(rows, None, None, n_prompts * (2 if solvable_only else 1), seed, questions=questions,
+                  tokenizer=tokenizer)
+    if solvable_only and llm_model is not None:
+        sols = greedy_ids(llm_model, tokenizer, [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs],
+                          max_tokens)
+        pairs = [pa for pa, s in zip(pairs, sols) if grader(tokenizer.decode(s, skip_special_tokens=True), pa[1])]
+    if not pairs:
+        raise TrainingError("no GRPO training prompt (the LLM solved none)")
+    return pairs[:n_prompts]
