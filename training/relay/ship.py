@@ -48,9 +48,10 @@ def recipe_digest(recipe: Path, stages=("warmup",)) -> str:
     top-level keys and those stages' sections, with [export] (canonical JSON). A change to
     another stage's section (GRPO's, when only the warm-up ships) leaves the artifact current."""
     import hashlib
-    import tomllib
 
-    raw = tomllib.loads(Path(recipe).read_text())
+    from training.relay.config import read_config_file  # tomllib, or tomli on Python 3.10
+
+    raw = read_config_file(recipe)
     part = {k: v for k, v in raw.items() if not isinstance(v, dict)}
     part.update({s: raw.get(s, {}) for s in (*stages, "export")})
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()
