@@ -62,3 +62,27 @@ def test_sixty_four_sessions_for_a_minute(cloud):
     assert set(report.errors_by_code) <= {"refused:RESOURCE_EXHAUSTED"}, report.errors_by_code
     assert report.latency_p50_s <= report.latency_p95_s <= report.latency_p99_s
     assert report.latency_p99_s <= cloud.config.max_queue_s + 10
+
+
+def test_prefill_first_times_calls_that_only_decode(smollm2_path):
+    """The benchmark's sweep against llama.cpp's batched decode (cloud_scale.against_anchor)
+    prefills every session's prompt before its clock starts: no engine step after that may
+    carry a prompt token, and the prefill phase is reported apart."""
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+    from relayllm.cloud.config import ServerConfig
+    from relayllm.cloud.harness import ServerThread
+    from relayllm.training.bench.cloud_scale import SWEEP_PROMPT
+
+    backend = BatchedLlamaCppBackend(str(smollm2_path), n_ctx=512, max_sessions=4, n_threads=1)
+    with ServerThread(backend, config=ServerConfig(max_sessions=4, max_sessions_per_tenant=4)) as server:
+        report = run_load(server.target, sessions=4, calls_per_session=2, max_tokens=8, delta_chars=0,
+                          prompt=SWEEP_PROMPT, prefill_first=True)
+    show("4 sessions, prefilled first", report)
+    check(report)
+    assert report.prefill_s > 0 and report.generated_tokens == 4 * 2 * 8
+    steps = list(backend.engine.history)
+    before = [s for s in steps if s.ended_at <= report.started_at]
+    after = [s for s in steps if s.ended_at > report.started_at]
+    assert sum(s.prefill_tokens for s in before) >= 4 * 10, "the prompts were prefilled before the clock"
+    assert after and all(s.prefill_tokens == 0 for s in after), [s.prefill_tokens for s in after]
+    assert max(len(s.decode_seqs) for s in after) == 4, "the four sessions decode together"

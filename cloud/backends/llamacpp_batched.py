@@ -114,6 +114,7 @@ class StepRecord:
     prefill_seqs: tuple  # sequences whose prompt was (partly) evaluated
     seconds: float  # llama_decode and sampling
     passes: int | None  # forward passes llama.cpp ran for it (count_passes), else None
+    ended_at: float = 0.0  # time.perf_counter() when it ended (CLOCK_MONOTONIC: one clock per machine)
 
 
 class BatchEngine:
@@ -272,7 +273,8 @@ class BatchEngine:
         self.prefill_step_s += seconds if n_prefill else 0.0
         self.prefill_only_s += seconds if not decode else 0.0
         self.history.append(StepRecord(decode, n_prefill, tuple(q for q, _ in prefill), seconds,
-                                       self.passes - passes_before if self._callback is not None else None))
+                                       self.passes - passes_before if self._callback is not None else None,
+                                       time.perf_counter()))
 
     def close(self) -> None:
         with self._cond:

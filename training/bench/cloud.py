@@ -244,6 +244,8 @@ class LoadReport:
     queue_p50_s: float = float("nan")
     peak_rss_mib: float = float("nan")  # of `rss_pid` (the server's process), sampled every 50 ms
     rss_start_mib: float = float("nan")
+    prefill_s: float = 0.0  # prefill_first: the untimed phase in which every session synced its prompt
+    started_at: float = 0.0  # time.perf_counter() when the clock started (one clock per machine)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -251,12 +253,16 @@ class LoadReport:
 
 def run_load(target: str, *, sessions: int, duration_s: float | None = None, calls_per_session: int | None = None,
              max_tokens: int = 8, delta_chars: int = 120, token: str | None = None, rss_pid: int | None = None,
-             timeout: float = 120.0, prompt: str = PROMPT) -> LoadReport:
+             timeout: float = 120.0, prompt: str = PROMPT, prefill_first: bool = False) -> LoadReport:
     """`sessions` concurrent relay sessions against `target` on loopback. Each session sends
     `prompt`, then keeps appending `delta_chars` of new text and asking for `max_tokens`
     tokens, like an edge relaying a long answer, until `duration_s` has passed or it has made
     `calls_per_session` calls. The SDK resends the whole prefix when the cloud evicted the
-    session (counted as resends); other failures are counted by reason, never raised."""
+    session (counted as resends); other failures are counted by reason, never raised.
+
+    prefill_first: every session first syncs `prompt` (the cloud prefills it), all sessions
+    wait for each other, and only then does the clock start: the timed calls decode, as in
+    llama.cpp's batched-bench, whose prefill is timed apart (`prefill_s` here)."""
     if duration_s is None and calls_per_session is None:
         raise ValueError("give duration_s or calls_per_session")
     rss_pid = rss_pid or os.getpid()
@@ -266,7 +272,7 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
     queues: list[float] = []
     errors: dict[str, int] = {}
     counters = {"requests": 0, "resends": 0, "tokens": 0}
-    stop_at = time.perf_counter() + duration_s if duration_s is not None else float("inf")
+    stop_at = [float("inf")]  # set when the clock starts
     peak = [_rss_mib(rss_pid)]
     rss_start = peak[0]
     sampling_done = threading.Event()
@@ -276,22 +282,33 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
             peak[0] = max(peak[0], _rss_mib(rss_pid))
 
     client = client_for(target, token=token, deadline_s=timeout)
+    prefilled = threading.Barrier(sessions + 1)  # prefill_first: the sessions and the clock
+
+    def count_error(exc: CloudError):
+        with lock:
+            errors[exc.reason] = errors.get(exc.reason, 0) + 1
+            counters["requests"] += 1
 
     def worker(index: int):
         conversation = Conversation(client)
         deltas = slm_deltas(64, delta_chars)
+        synced = False
+        if prefill_first:
+            try:
+                conversation.sync(prompt, deadline_s=timeout)
+                synced = True
+            except CloudError as exc:
+                count_error(exc)
+            prefilled.wait()
         made = 0
-        while time.perf_counter() < stop_at and (calls_per_session is None or made < calls_per_session):
-            delta = (prompt if made == 0 else "") + deltas[made % len(deltas)]
+        while time.perf_counter() < stop_at[0] and (calls_per_session is None or made < calls_per_session):
+            delta = (prompt if made == 0 and not synced else "") + deltas[made % len(deltas)]
             resends = conversation.session.stats.resends
             try:
                 record = conversation.help(delta, max_tokens, deadline_s=timeout)
             except CloudError as exc:
-                with lock:
-                    errors[exc.reason] = errors.get(exc.reason, 0) + 1
-                    counters["requests"] += 1
-                conversation = Conversation(client)
-                made = 0
+                count_error(exc)
+                conversation, made, synced = Conversation(client), 0, False
                 continue
             made += 1
             with lock:
@@ -305,10 +322,20 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
-    start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(sessions)]
+    began = start = time.perf_counter()
+
+    def start_clock():
+        stop_at[0] = start + duration_s if duration_s is not None else float("inf")
+
+    if not prefill_first:
+        start_clock()
     for t in threads:
         t.start()
+    if prefill_first:
+        prefilled.wait()
+        start = time.perf_counter()
+        start_clock()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
@@ -324,6 +351,7 @@ def run_load(target: str, *, sessions: int, duration_s: float | None = None, cal
         latency_p50_s=_percentile(latencies, 0.50), latency_p95_s=_percentile(latencies, 0.95),
         latency_p99_s=_percentile(latencies, 0.99), first_piece_p50_s=_percentile(first_pieces, 0.5),
         queue_p50_s=_percentile(queues, 0.5), peak_rss_mib=peak[0], rss_start_mib=rss_start,
+        prefill_s=start - began if prefill_first else 0.0, started_at=start,
     )
 
 

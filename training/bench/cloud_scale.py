@@ -3,7 +3,8 @@
 `against_anchor` (what `relayllm bench` runs): the batched llama.cpp backend against the
 physical anchor, llama.cpp's own batched decode of the same GGUF (bench/cloud_anchor.py), at
 1/4/16/64 sessions / sequences: aggregate generated tok/s and p50/p95 Help latency with the
-clients in a separate process (bench/cloud.py load_in_child), calls of 64 tokens, prefill
+clients in a separate process (bench/cloud.py load_in_child), calls of 64 tokens after the
+sessions' prompts were prefilled (untimed, as the anchor times its prefill apart), prefill
 throughput reported apart, forward passes per step (one probe, llama.cpp's graph callback);
 ratios cloud / anchor at each level and each level / 1 session. Optionally the same client
 sweep through the gateway in front of llama.cpp's llama-server --parallel.
@@ -125,8 +126,10 @@ def _server_config(levels):
 
 
 def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, progress, label: str, engine=None,
-                 prompt: str = SWEEP_PROMPT, delta_chars: int = 40):
-    """The same child-process load at every level; with `engine` (a BatchEngine) its step counters too."""
+                 prompt: str = SWEEP_PROMPT, delta_chars: int = 40, prefill_first: bool = False):
+    """The same child-process load at every level; with `engine` (a BatchEngine) its step counters too.
+    prefill_first: the sessions' prompts are prefilled before the clock starts (run_load), so the
+    timed calls decode only and their wall time is decode time."""
     from relayllm.training.bench.cloud import load_in_child
 
     load_in_child(target, sessions=1, calls_per_session=1, max_tokens=8, prompt=prompt)  # warm-up, untimed
@@ -136,15 +139,17 @@ def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, pro
         counters = ("steps", "decode_tokens", "prefill_tokens", "step_s", "prefill_step_s", "prefill_only_s")
         before = engine and [getattr(engine, c) for c in counters]
         r = load_in_child(target, sessions=n, calls_per_session=calls_per_session, max_tokens=max_tokens,
-                          timeout=600, rss_pid=os.getpid(), prompt=prompt, delta_chars=delta_chars)
+                          timeout=600, rss_pid=os.getpid(), prompt=prompt, delta_chars=delta_chars,
+                          prefill_first=prefill_first)
         row = {k: r[k] for k in ("sessions", "duration_s", "requests", "errors", "resends", "generated_tokens",
-                                 "tokens_per_s", "latency_p50_s", "latency_p95_s")}
+                                 "tokens_per_s", "latency_p50_s", "latency_p95_s", "prefill_s")}
         row["decode_tok_s"] = row["tokens_per_s"]  # no engine counters: generated tokens over the wall time
         if engine is not None:
             d = dict(zip(counters, (getattr(engine, c) - b for c, b in zip(counters, before))))
             steps = d["steps"]
             # decode tok/s: generated tokens over the wall time less the steps that only prefilled
-            decode_s = row["duration_s"] - d["prefill_only_s"]
+            # (none in it with prefill_first: the prompts were prefilled before the clock started)
+            decode_s = row["duration_s"] - (0.0 if prefill_first else d["prefill_only_s"])
             row.update(steps=steps, decode_tokens_per_step=d["decode_tokens"] / steps if steps else 0.0,
                        prefill_tokens=d["prefill_tokens"], prefill_only_s=d["prefill_only_s"],
                        prefill_tok_s=d["prefill_tokens"] / d["prefill_step_s"] if d["prefill_step_s"] else float("nan"),
@@ -163,8 +168,9 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
                    save=lambda result: None, model_levels: dict | None = None) -> dict:
     """For each model ({label: gguf}): the anchor, the batched cloud and (gateway=True, where
     llama-server is built) the gateway in front of llama-server --parallel, at every level
-    (model_levels: {label: levels} for a model that runs fewer). A session's calls after the
-    first send no new text (delta_chars=0): the cloud continues its KV, decode only."""
+    (model_levels: {label: levels} for a model that runs fewer). Every session's prompt is
+    prefilled before the clock starts and its calls send no new text (delta_chars=0), so the
+    timed calls decode only, as the anchor's timed steps do (its prefill is timed apart too)."""
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
     from relayllm.cloud.harness import ServerThread
@@ -185,7 +191,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
             with ServerThread(backend, config=_server_config(levels)) as server:
                 m["cloud"] = _client_rows(server.target, levels, calls_per_session=calls_per_session,
                                           max_tokens=max_tokens, progress=progress, label=f"{label} batched",
-                                          engine=backend.engine, delta_chars=0)
+                                          engine=backend.engine, delta_chars=0, prefill_first=True)
         finally:
             backend.close()
         for row, anchor in zip(m["cloud"], m["anchor"]):
@@ -214,7 +220,7 @@ def _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress
         with ServerThread(backend, config=_server_config(levels)) as server:
             return _client_rows(server.target, levels, calls_per_session=calls_per_session, max_tokens=max_tokens,
                                 progress=progress, label=f"{label} gateway -> llama-server --parallel {max(levels)}",
-                                delta_chars=0)
+                                delta_chars=0, prefill_first=True)
     finally:
         backend.close()
         engine.stop()
