@@ -56,6 +56,22 @@ def _import_violations(part: str, rel: str, imports) -> list[str]:
     return bad
 
 
+def _bare_part_imports(path: Path) -> list[tuple[int, str]]:
+    """Imports of a part by its folder name (`training.relay...`): they work from the repository
+    root, where the tests run, and nowhere else (the package installs as relayllm.*)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = [(n.lineno, a.name) for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [(n.lineno, n.module) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level]
+    return [(line, name) for line, name in names if name.split(".")[0] in PARTS]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_parts_import_each_other_through_the_package(part):
+    bad = [f"{path.relative_to(ROOT).as_posix()}:{line} imports {name} (write relayllm.{name})"
+           for path in _sources(part) for line, name in _bare_part_imports(path)]
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_parts_import_only_what_the_layering_allows(part):
     bad = []

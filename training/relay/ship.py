@@ -49,7 +49,7 @@ def recipe_digest(recipe: Path, stages=("warmup",)) -> str:
     another stage's section (GRPO's, when only the warm-up ships) leaves the artifact current."""
     import hashlib
 
-    from training.relay.config import read_config_file  # tomllib, or tomli on Python 3.10
+    from relayllm.training.relay.config import read_config_file  # tomllib, or tomli on Python 3.10
 
     raw = read_config_file(recipe)
     part = {k: v for k, v in raw.items() if not isinstance(v, dict)}
