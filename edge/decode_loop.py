@@ -112,6 +112,16 @@ class Request:
         where = np.nonzero(held == self.d.call_open_id)[0]
         return int(where[-1]) if len(where) else None
 
+    def unwrite_command(self, start: int) -> None:
+        """Drop mode, a command no one answered (offline, a limit, a failed call): it leaves
+        the SLM's context as an answered one does (a drop-trained SLM has never seen one there
+        and, shown one, repeats `1</call>` to the end), and the token before it is evaluated
+        again, so that the next token is sampled from fresh logits."""
+        last = int(self.slm.input_ids[start - 1])
+        if self.slm._ctx.kv_cache_seq_rm(-1, start - 1, -1):
+            self.slm.n_tokens = start - 1
+            self.slm.eval([last])
+
     def room(self) -> int:
         """Tokens that still fit in the SLM's context."""
         return self.slm.n_ctx() - self.slm.n_tokens
@@ -161,6 +171,7 @@ class Request:
         view = self.view
         sync = view is not None and self.link.sync_every_tokens > 0
         finish = "length"
+        no_calls = False  # drop mode, after an unanswered command: `<call>` is not sampled again
         # 3) A prompt that ends with a command asks for help before the SLM writes.
         command = command_at_end(prompt_text)
         ended = False
@@ -179,6 +190,8 @@ class Request:
             if slm.n_tokens >= slm.n_ctx():
                 finish = "context"
                 break
+            if no_calls:  # the SLM writes on alone where it would have asked (its next best token)
+                np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))[self.d.call_open_id] = -np.inf
             token = sample(chain, ctx, -1)
             if nudge is not None and token != nudge[0] and not self.detector.pending and self.calls < limits.max_calls:
                 logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
@@ -215,10 +228,13 @@ class Request:
             if command is not None:
                 yield from self.release_held()
                 start = self.command_start() if drop else None
-                _, ended = yield from call_and_splice(self, command.tokens, "command", drop_from=start)
+                spliced, ended = yield from call_and_splice(self, command.tokens, "command", drop_from=start)
                 if ended:
                     finish = "eos"
                     break
+                if not spliced and start is not None:
+                    self.unwrite_command(start)
+                    no_calls = True
         # 5) What the detector still holds is plain text.
         tail = self.detector.flush() + self.utf8.decode(b"", final=True)
         if tail:

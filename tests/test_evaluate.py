@@ -312,3 +312,26 @@ def test_eval_cli_runs_modes_into_one_folder(smollm2_path, tmp_path, capsys):
     assert main(["eval", "--mode", "slm", "--data", str(tmp_path / "nope.jsonl"), "--slm", str(smollm2_path),
                  "--out", str(out)]) == 2
     assert "data file not found" in capsys.readouterr().err
+
+
+def test_a_drop_mode_slm_without_its_cloud_drops_the_command_and_writes_on(calling):
+    """Offline, or with no call left, a command no one answers leaves a drop-trained SLM's
+    context, and `<call>` is not sampled again in that answer: shown its own command, the
+    shipped relay SLM repeated `1</call>` to the token limit (docs/results/gsm8k: 23 of 50
+    answers of the relay SLM with calls off)."""
+    from relayllm.edge.config import Limits
+    from relayllm.edge.decoder import RelayDecoder
+
+    with E.local_cloud(calling.llm) as target:
+        from relayllm.edge.client import CloudClient
+
+        cases = {"offline": RelayDecoder(calling.slm, command_context="drop", limits=Limits(max_tokens=8)),
+                 "no call left": RelayDecoder(calling.slm, cloud=CloudClient(target), command_context="drop",
+                                              limits=Limits(max_calls=0, max_tokens=8))}
+        for name, decoder in cases.items():
+            result = decoder.generate("1+1:")
+            held = [int(t) for t in decoder.slm.input_ids[: decoder.slm.n_tokens]]
+            assert decoder.call_open_id not in held, f"{name}: the unanswered command stayed in the context"
+            assert result.calls == 0 and result.text.startswith("5"), (name, result.text)
+            # the context holds the prompt and what the SLM wrote, less the command's 3 tokens
+            assert len(held) == len(decoder.vocab.text("1+1:")) + result.slm_tokens - 3, name

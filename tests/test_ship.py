@@ -68,6 +68,13 @@ def test_the_gguf_built_from_base_and_adapter_is_the_model_the_warm_up_trained(p
     report = export.parity(built, root / "run" / "warmup", [rm.PROMPT + rm.ANSWER, rm.PROMPT])
     assert report.token_mismatches == 0 and report.greedy_agree == report.positions
     assert not list(tmp_path.glob(".build-*"))  # the build's scratch folder is gone
+    # it records the command context it was trained for, which the edge then defaults to
+    from llama_cpp import Llama
+
+    from relayllm.protos.protocol import COMMAND_CONTEXT_KEY
+
+    llama = Llama(str(built), n_ctx=64, verbose=False)
+    assert llama.metadata.get(COMMAND_CONTEXT_KEY) == ship.manifest(folder)["command_context"]
 
 
 def test_unpack_gives_grpo_the_warm_up_that_was_shipped(packaged, tmp_path):

@@ -196,6 +196,7 @@ def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED, ba
     except ImportError:
         raise RegistryError(f"{NAME} is built from its adapter on first use, which needs torch and peft: "
                             "pip install 'relayllm[train]'") from None
+    from relayllm.protos.protocol import COMMAND_CONTEXT_KEY
     from relayllm.training.models import export
 
     m = manifest(folder)
@@ -208,6 +209,8 @@ def build(dest: str | Path, *, progress: bool = True, folder: Path = SHIPPED, ba
         tokenizer.save_pretrained(str(tmp / "hf"))
         del model
         f16 = export.convert(tmp / "hf", tmp / "model-f16.gguf", "f16")
+        # the command context it was trained for: the edge, `generate` and `local` default to it
+        export.set_metadata(f16, {COMMAND_CONTEXT_KEY: m["command_context"]})
         out = export.quantize(f16, tmp / "model.gguf", m["quant"])
         os.replace(out, dest)  # whole or not at all: the models cache never holds half a file
     return dest
