@@ -195,6 +195,24 @@ def test_n_is_the_span_that_brings_the_slm_back_onto_the_llms_path():
     assert sum(fixed.llm_mask) == 4  # 2 + 2
 
 
+def test_n_rule_line_gives_the_llm_the_rest_of_its_line(tok, ids):
+    """n_rule "line": a command at a divergence asks for the LLM's tokens through the end of
+    its line (the whole step of a solution), not just until the SLM agrees again."""
+    path = ids("12*5=60\nSo 60+1=61\n")
+    newline = [i for i, t in enumerate(path) if "\n" in tok.decode([t])]
+    assert len(newline) == 2
+    t = 3  # a divergence inside the first line
+    assert warmup.line_span(path, tok, t, 64) == newline[0] - t + 1  # through its newline
+    assert warmup.line_span(path, tok, t, 2) == 2  # capped at n_call
+    assert warmup.line_span(path, tok, newline[0] + 1, 64) == newline[1] - newline[0]
+    greedy = list(path)
+    greedy[t] = path[t] + 1  # the SLM departs there and only there
+    ex = warmup.insert_guided(path, greedy, tok, n_call=64, max_calls=2, n_rule="line")
+    assert ex.calls == 1 and sum(ex.llm_mask) == newline[0] - t + 1
+    recover = warmup.insert_guided(path, greedy, tok, n_call=64, max_calls=2)
+    assert sum(recover.llm_mask) == 1  # the SLM agrees again one token later
+
+
 def test_lora_warmup_trains_adapters_and_the_command_rows_only_and_ships_a_merged_checkpoint(tmp_path):
     """lora_r > 0 (the real pair's recipe): peft LoRA on the attention projections plus the two
     command tokens' embedding rows; the adapter is saved apart (what a release ships) and the
@@ -240,6 +258,9 @@ def test_llm_paths_from_a_gguf_are_greedy_cached_per_question_and_resumed(tmp_pa
     assert both[0] == first[0] and len(cache.read_text().splitlines()) == 2  # only the new one was written
     # everything cached: the model is not even opened (a path that does not exist would fail)
     assert gguf_solutions(tmp_path / "absent.gguf", prompts, 6, cache_file=cache, progress=False) == both
+    # written several at once through the cloud's batch engine: the same paths
+    batched = gguf_solutions(smollm2_path, prompts + prompts[::-1], 6, cache_file=None, progress=False, parallel=3)
+    assert batched == both + both[::-1]
     # greedy: the same as llama.cpp's own greedy continuation
     llama.reset()
     out = llama.create_completion(prompts[1], max_tokens=6, temperature=0.0)
