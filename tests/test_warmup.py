@@ -258,9 +258,6 @@ def test_llm_paths_from_a_gguf_are_greedy_cached_per_question_and_resumed(tmp_pa
     assert both[0] == first[0] and len(cache.read_text().splitlines()) == 2  # only the new one was written
     # everything cached: the model is not even opened (a path that does not exist would fail)
     assert gguf_solutions(tmp_path / "absent.gguf", prompts, 6, cache_file=cache, progress=False) == both
-    # written several at once through the cloud's batch engine: the same paths
-    batched = gguf_solutions(smollm2_path, prompts + prompts[::-1], 6, cache_file=None, progress=False, parallel=3)
-    assert batched == both + both[::-1]
     # greedy: the same as llama.cpp's own greedy continuation
     llama.reset()
     out = llama.create_completion(prompts[1], max_tokens=6, temperature=0.0)

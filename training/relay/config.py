@@ -89,8 +89,6 @@ class WarmupConfig:
     save_steps: int = _f(20, "checkpoint every this many steps (resume point)")
     llm_paths: str = _f("torch", "who writes the LLM's solving paths: 'torch' (the LLM loaded for training) or "
                                  "'llama.cpp' (its GGUF, greedy: a real LLM writes ~20 tokens/s there on 2 cores)")
-    paths_parallel: int = _f(1, "llm_paths 'llama.cpp': paths written at once through the cloud's batch engine "
-                                "(the same greedy paths; the 1.5B decodes 16 at ~1.6x the tokens/s of one on 2 cores)")
     lora_r: int = _f(0, "LoRA rank on the attention projections, plus the command tokens' embedding rows "
                         "(peft); 0: full fine-tuning (the tiny models)")
     lora_alpha: int = _f(32, "LoRA scaling alpha (with lora_r > 0)")
@@ -106,7 +104,7 @@ class WarmupConfig:
         _need(self.lora_r >= 0 and self.lora_alpha >= 1, "warmup", "lora_r must be >= 0 and lora_alpha >= 1")
         _need(self.strategy in WARMUP_STRATEGIES, "warmup", f"strategy must be one of {WARMUP_STRATEGIES}, "
                                                             f"got {self.strategy!r}")
-        for name in ("n_examples", "n_call", "max_new_tokens", "batch_size", "save_steps", "paths_parallel"):
+        for name in ("n_examples", "n_call", "max_new_tokens", "batch_size", "save_steps"):
             _need(getattr(self, name) >= 1, "warmup", f"{name} must be at least 1, got {getattr(self, name)}")
         _need(self.max_calls >= 0, "warmup", f"max_calls must be >= 0, got {self.max_calls}")
         _need(self.n_rule in N_RULES, "warmup", f"n_rule must be one of {N_RULES}, got {self.n_rule!r}")

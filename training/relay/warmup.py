@@ -268,8 +268,7 @@ def build_examples(slm, llm, tokenizer, pairs: list[tuple[str, str]], *, strateg
     return examples
 
 
-def _llama_cpp_paths(llm, tokenizer, pairs, max_new_tokens: int, out_dir: Path, progress: bool,
-                     parallel: int = 1) -> list[list[int]]:
+def _llama_cpp_paths(llm, tokenizer, pairs, max_new_tokens: int, out_dir: Path, progress: bool) -> list[list[int]]:
     """The LLM's greedy solutions written by llama.cpp from its GGUF (cached per question)."""
     from relayllm.training.relay.llm_paths import gguf_solutions
 
@@ -277,7 +276,7 @@ def _llama_cpp_paths(llm, tokenizer, pairs, max_new_tokens: int, out_dir: Path, 
         raise TrainingError(f"llm_paths 'llama.cpp' needs the LLM's GGUF file, got {llm}")
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
     return gguf_solutions(llm, prompts, max_new_tokens, cache_file=out_dir / PATHS_FILE, progress=progress,
-                          stop_ids=(tokenizer.eos_token_id,), parallel=parallel)
+                          stop_ids=(tokenizer.eos_token_id,))
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,7 +349,7 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
         pairs = _rows(rows, prompts, answers, c.n_examples, seed, questions=questions, tokenizer=tokenizer)
         llm_model = solutions = None
         if c.strategy == "guided" and c.llm_paths == "llama.cpp":
-            solutions = _llama_cpp_paths(llm, tokenizer, pairs, c.max_new_tokens, out_dir, progress, c.paths_parallel)
+            solutions = _llama_cpp_paths(llm, tokenizer, pairs, c.max_new_tokens, out_dir, progress)
         elif c.strategy == "guided":
             llm_model = load_checkpoint(llm, what="LLM")[0]
         examples = build_examples(model, llm_model, tokenizer, pairs, strategy=c.strategy, n_call=c.n_call,
