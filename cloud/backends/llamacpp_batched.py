@@ -1,6 +1,6 @@
 """The batched llama.cpp backend ("llama.cpp-batched", the default for a GGUF): one model, one
-llama.cpp context, every session a sequence of one shared, unified KV cache, and every session
-that has a token to decode decoded in the same forward pass.
+llama.cpp context, every session a sequence with its own KV stream, and every session that
+has a token to decode decoded in the same forward pass.
 
 A session owns a sequence id (`Session.state`); its KV cells hold exactly Session.kv_tokens,
 so a later call still evaluates only its delta (the prefill step of backends/base.py). Calls
@@ -10,14 +10,21 @@ generation stays in the engine until it ends, so the engine's one thread knows e
 that decodes and forms each step without waiting for anyone:
 
 1. applies truncations (llama_memory_seq_rm) of the sessions in the step;
-2. fills one llama_batch: the next token of every decoding session first, then prefill
-   tokens oldest call first, at most `prefill_chunk` (32) of them while any session is
-   decoding (all of n_batch when none is), so a long prompt is spread over steps that each
-   still carry every decode token;
-3. runs llama_decode once. The KV cache is unified (kv_unified): llama.cpp then cuts a batch
-   into micro-batches (forward passes) by n_ubatch tokens only; with one KV stream per
-   sequence it would cut it wherever the sequence ids are not consecutive and increasing,
-   a full pass over the weights for each piece;
+2. fills one llama_batch: the next token of every decoding session first, in increasing
+   sequence id, then prefill tokens oldest call first, at most `prefill_chunk` (32) of them
+   while any session is decoding (all of n_batch when none is), so a long prompt is spread
+   over steps that each still carry every decode token; with a KV stream per sequence, the
+   prompt of one sequence a step (llama.cpp would give each prompt its own pass anyway: a
+   step of one decoding session and 7 short prompts was 6 passes), so a step is at most two:
+   the decode run and the prompt;
+3. runs llama_decode once. With one KV stream per sequence (the default) llama.cpp keeps a
+   run of consecutive, increasing sequence ids in one forward pass and starts a new pass at
+   each gap, so sessions take the lowest free id and the batch is sorted by id: the sessions
+   in use are one run. Attention then reads each sequence's own cells. With one unified KV
+   stream for all sequences (kv_unified=True) any order is one pass, but every token's
+   attention runs over every session's cells (masked): at 64 sessions of ~100 tokens that
+   is most of a step for a small model (SmolLM2 at 64 sequences: llama.cpp's own loop 110
+   tok/s unified, 278 with streams; `python -m relayllm.training.bench.engine_alone`);
 4. samples the next token of each session whose step is complete, with its own sampler
    chain, from its row of the batch's logits, and hands it on in the same thread: should_stop,
    end of text, emit (the servicer's emit only queues a reply for the event loop), and the
@@ -38,6 +45,7 @@ several engines side by side, only contend). Not here: which sessions stay cache
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import deque
@@ -125,7 +133,7 @@ class BatchEngine:
     a millisecond or more per pass, so it is for tests and probes, not for serving."""
 
     def __init__(self, file: LlamaModelFile, *, n_seq: int, n_ctx_per_seq: int, n_batch: int, n_threads: int,
-                 prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True, count_passes: bool = False,
+                 prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = False, count_passes: bool = False,
                  history: int = 4096):
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk!r}")
@@ -185,8 +193,11 @@ class BatchEngine:
         prefill oldest first within its budget. Partly taken steps stay queued."""
         budget = self.n_batch
         counts: dict[_Step, int] = {}  # in batch order
-        for step in self._pending:  # every decoding session: one token each
-            if budget and len(step.tokens) == 1:
+        decoding = [step for step in self._pending if len(step.tokens) == 1]
+        if not self.kv_unified:  # one KV stream per sequence: llama.cpp keeps a run of consecutive
+            decoding.sort(key=lambda step: step.seq)  # increasing ids in one pass (module docstring)
+        for step in decoding:  # every decoding session: one token each
+            if budget:
                 counts[step] = 1
                 budget -= 1
         if counts:  # sessions are decoding: a bounded chunk of prefill
@@ -197,6 +208,8 @@ class BatchEngine:
             if len(step.tokens) > 1:
                 counts[step] = n = min(budget, len(step.tokens))
                 budget -= n
+                if not self.kv_unified:  # a stream per sequence: llama.cpp gives prompts of several
+                    break  # sequences a pass each (equal tokens per sequence in a pass), so one a step
         return list(counts.items())
 
     def _loop(self) -> None:
@@ -288,7 +301,7 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
     name = "llama.cpp-batched"
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, max_sessions: int = 8, n_threads: int | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = True, count_passes: bool = False):
+                 prefill_chunk: int = PREFILL_CHUNK, kv_unified: bool = False, count_passes: bool = False):
         self.file = LlamaModelFile(gguf_path)
         self.n_ctx = n_ctx
         self.n_vocab = self.file.n_vocab
@@ -296,7 +309,8 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
         self.fingerprint = self.file.fingerprint
         self.engine = BatchEngine(self.file, n_seq=max_sessions, n_ctx_per_seq=n_ctx, n_batch=min(512, n_ctx),
                                   n_threads=n_threads or physical_cores(), prefill_chunk=prefill_chunk, kv_unified=kv_unified, count_passes=count_passes)
-        self._free_seqs = list(range(max_sessions - 1, -1, -1))
+        self._free_seqs = list(range(max_sessions))  # a heap: the lowest free id goes first, so the
+        #                                               sessions in use keep consecutive ids (streams)
         self._lock = threading.Lock()
         self.sessions = SessionCache(max_sessions, release=self._release)
 
@@ -304,14 +318,14 @@ class BatchedLlamaCppBackend(GgufTokenizer, Backend):
     def _release(self, session: Session) -> None:
         if session.state is not None:
             with self._lock:
-                self._free_seqs.append(session.state["seq"])
+                heapq.heappush(self._free_seqs, session.state["seq"])
             session.state = None
             session.forget_kv()
 
     def _open(self, session: Session) -> None:
         if session.state is None:
             with self._lock:
-                seq = self._free_seqs.pop()  # the cache never holds more sessions than sequences
+                seq = heapq.heappop(self._free_seqs)  # the cache never holds more sessions than sequences
             session.state = {"seq": seq, "keep": 0}  # keep=0: the last owner's cells go first
             session.forget_kv()
 

@@ -3,12 +3,13 @@ machine, through llama-cpp-python's low-level API, with no service around it.
 
     python -m relayllm.training.bench.cloud_anchor MODEL.gguf [--levels 1 4 16 64] [--threads 2]
 
-For each level n: one context with a unified KV cache and n sequences, every sequence
+For each level n: one context with n sequences, each its own KV stream (kv_unified=True: one
+stream for all, whose attention reads every sequence's cells and is slower at 16 and 64), every sequence
 prefilled with the same prompt (what a benchmark session's first call sends,
 cloud_scale.SWEEP_PROMPT; timed apart, as prefill), then `decode_tokens` steps of one llama_decode each holding one token per
 sequence, each sequence sampled greedily with its own llama.cpp sampler chain (the work the
 cloud does per token, minus the service). Aggregate decode tok/s = n x decode_tokens / the
-decode steps' wall time. This is what `llama-batched-bench -kvu` measures, in the same
+decode steps' wall time. This is what `llama-batched-bench` measures (without -kvu), in the same
 process as the cloud's own llama.cpp build. Not here: the cloud (training/bench/cloud_scale.py
 runs both and divides).
 """
@@ -21,7 +22,7 @@ import time
 
 
 def batched_decode(gguf, levels=(1, 4, 16, 64), *, prompt: str, decode_tokens: int = 32, n_threads: int | None = None,
-                   progress=lambda msg: None) -> list[dict]:
+                   kv_unified: bool = False, progress=lambda msg: None) -> list[dict]:
     """One row per level: prefill and decode tok/s of `levels[i]` sequences decoded together."""
     from relayllm.cloud.backends.base import SamplingParams
     from relayllm.cloud.backends.llamacpp import LlamaModelFile, physical_cores
@@ -33,17 +34,17 @@ def batched_decode(gguf, levels=(1, 4, 16, 64), *, prompt: str, decode_tokens: i
     try:
         for n in levels:
             progress(f"anchor: {file.path.name}, {n} sequences")
-            rows.append(_level(file, n, prompt_ids, decode_tokens, n_threads, SamplingParams()))
+            rows.append(_level(file, n, prompt_ids, decode_tokens, n_threads, SamplingParams(), kv_unified))
     finally:
         file.close()
     return rows
 
 
-def _level(file, n: int, prompt_ids: list[int], decode_tokens: int, n_threads: int, sampling) -> dict:
+def _level(file, n: int, prompt_ids: list[int], decode_tokens: int, n_threads: int, sampling, kv_unified: bool) -> dict:
     n_batch = 512
     per_seq = len(prompt_ids) + decode_tokens + 1
     ctx = file.context(n_ctx=max(n * per_seq, 256), n_batch=n_batch, n_threads=n_threads, n_seq_max=n,
-                       kv_unified=True)
+                       kv_unified=kv_unified)
     batch = file.internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=True)
     b = batch.batch
     samplers = [file.sampler(sampling, file.n_vocab) for _ in range(n)]
@@ -80,7 +81,7 @@ def _level(file, n: int, prompt_ids: list[int], decode_tokens: int, n_threads: i
         decode_s = time.perf_counter() - start
     finally:
         ctx.close()
-    return {"sequences": n, "prompt_tokens": len(prompt_ids), "decode_tokens": decode_tokens, "threads": n_threads,
+    return {"sequences": n, "kv": "unified" if kv_unified else "streams", "prompt_tokens": len(prompt_ids), "decode_tokens": decode_tokens, "threads": n_threads,
             "prefill_tok_s": n * len(prompt_ids) / prefill_s, "decode_tok_s": n * decode_tokens / decode_s,
             "step_s": decode_s / decode_tokens}
 

@@ -1,7 +1,7 @@
 """The batched engine alone (no gRPC, no servicer) against llama.cpp's own batched decode loop,
 both in this one process, on the same GGUF:
 
-    python -m relayllm.training.bench.engine_alone MODEL.gguf [1,4,16]
+    python -m relayllm.training.bench.engine_alone MODEL.gguf [1,4,16] [--unified]
 
 For each level n: the anchor (bench/cloud_anchor.py batched_decode, 64 decode steps), then n
 sessions prefilled in the BatchedLlamaCppBackend and each generating 64 tokens at once from
@@ -26,10 +26,12 @@ def main(argv) -> None:
     if len(argv) < 2:
         sys.exit(__doc__)
     gguf = argv[1]
-    levels = [int(x) for x in argv[2].split(",")] if len(argv) > 2 else [1, 4, 16]
+    args = [a for a in argv[2:] if not a.startswith("--")]
+    levels = [int(x) for x in args[0].split(",")] if args else [1, 4, 16]
     N = 64
-    anchor = batched_decode(gguf, levels, prompt=SWEEP_PROMPT, decode_tokens=N)
-    backend = BatchedLlamaCppBackend(gguf, n_ctx=512, max_sessions=max(levels))
+    unified = "--unified" in argv  # both the anchor and the engine: one KV stream for all sequences
+    anchor = batched_decode(gguf, levels, prompt=SWEEP_PROMPT, decode_tokens=N, kv_unified=unified)
+    backend = BatchedLlamaCppBackend(gguf, n_ctx=512, max_sessions=max(levels), kv_unified=unified)
     try:
         for n, a in zip(levels, anchor):
             sessions = [Session(key=("", f"s{n}-{i}")) for i in range(n)]
