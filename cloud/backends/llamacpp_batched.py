@@ -149,6 +149,7 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0  # llama_decode calls
+        self.decode_steps = 0  # those that carried a decode token
         self.batched_tokens = 0  # tokens they evaluated
         self.decode_tokens = self.prefill_tokens = 0
         self.step_s = self.prefill_step_s = 0.0  # seconds in all steps; in those that carried prefill
@@ -279,6 +280,7 @@ class BatchEngine:
         prefill = [(s.seq, n) for s, n in taken if len(s.tokens) > 1]
         n_prefill = sum(n for _, n in prefill)
         self.steps += 1
+        self.decode_steps += bool(decode)
         self.batched_tokens += len(decode) + n_prefill
         self.decode_tokens += len(decode)
         self.prefill_tokens += n_prefill

@@ -136,7 +136,7 @@ def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, pro
     rows = []
     for n in levels:
         progress(f"cloud: {label}, {n} sessions, clients in a separate process")
-        counters = ("steps", "decode_tokens", "prefill_tokens", "step_s", "prefill_step_s", "prefill_only_s")
+        counters = ("steps", "decode_steps", "decode_tokens", "prefill_tokens", "step_s", "prefill_step_s", "prefill_only_s")
         before = engine and [getattr(engine, c) for c in counters]
         r = load_in_child(target, sessions=n, calls_per_session=calls_per_session, max_tokens=max_tokens,
                           timeout=600, rss_pid=os.getpid(), prompt=prompt, delta_chars=delta_chars,
@@ -150,7 +150,8 @@ def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, pro
             # decode tok/s: generated tokens over the wall time less the steps that only prefilled
             # (none in it with prefill_first: the prompts were prefilled before the clock started)
             decode_s = row["duration_s"] - (0.0 if prefill_first else d["prefill_only_s"])
-            row.update(steps=steps, decode_tokens_per_step=d["decode_tokens"] / steps if steps else 0.0,
+            row.update(steps=steps, decode_steps=d["decode_steps"],  # per step: of the steps that decoded
+                       decode_tokens_per_step=d["decode_tokens"] / d["decode_steps"] if d["decode_steps"] else 0.0,
                        prefill_tokens=d["prefill_tokens"], prefill_only_s=d["prefill_only_s"],
                        prefill_tok_s=d["prefill_tokens"] / d["prefill_step_s"] if d["prefill_step_s"] else float("nan"),
                        decode_tok_s=row["generated_tokens"] / decode_s if decode_s > 0 else float("nan"),
@@ -172,8 +173,6 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
     prefilled before the clock starts and its calls send no new text (delta_chars=0), so the
     timed calls decode only, as the anchor's timed steps do (its prefill is timed apart too)."""
     from relayllm.cloud.backends.llamacpp import physical_cores
-    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
-    from relayllm.cloud.harness import ServerThread
     from relayllm.training.bench import cloud_anchor
     from relayllm.training.bench.cloud_anchor import batched_decode
 
@@ -184,16 +183,13 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
     for label, gguf in models.items():
         levels = (model_levels or {}).get(label, every)
         m = out["models"][label] = {"gguf": str(gguf), "levels": list(levels)}
-        m["anchor"] = batched_decode(gguf, levels, prompt=SWEEP_PROMPT, decode_tokens=anchor_tokens, n_threads=threads,
-                                     progress=progress)
-        backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=max(levels), n_threads=threads)
-        try:
-            with ServerThread(backend, config=_server_config(levels)) as server:
-                m["cloud"] = _client_rows(server.target, levels, calls_per_session=calls_per_session,
-                                          max_tokens=max_tokens, progress=progress, label=f"{label} batched",
-                                          engine=backend.engine, delta_chars=0, prefill_first=True)
-        finally:
-            backend.close()
+        # each in a fresh process: a process where llama.cpp has computed from one thread runs
+        # it slower from another (the anchor in the main thread, then the engine's thread: a
+        # 1-sequence step of SmolLM2 went from 6.8 to 10-11 ms)
+        m["anchor"] = in_fresh_process(batched_decode, str(gguf), tuple(levels), prompt=SWEEP_PROMPT,
+                                       decode_tokens=anchor_tokens, n_threads=threads, progress=print)
+        m["cloud"] = in_fresh_process(_batched_cloud_rows, str(gguf), tuple(levels), threads=threads,
+                                      calls_per_session=calls_per_session, max_tokens=max_tokens, label=label)
         for row, anchor in zip(m["cloud"], m["anchor"]):
             row["vs_anchor"] = row["decode_tok_s"] / anchor["decode_tok_s"]
             anchor["vs_1"] = anchor["decode_tok_s"] / m["anchor"][0]["decode_tok_s"]
@@ -204,6 +200,31 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
             m["gateway"] = _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label)
         save(out)
     return out
+
+
+def in_fresh_process(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a new Python process (spawned: nothing of this one's llama.cpp
+    threads in it); its output goes to this one's."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def _batched_cloud_rows(gguf, levels, *, threads, calls_per_session, max_tokens, label):
+    """The batched cloud's rows of against_anchor (run in a fresh process)."""
+    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
+    from relayllm.cloud.harness import ServerThread
+
+    backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=max(levels), n_threads=threads)
+    try:
+        with ServerThread(backend, config=_server_config(levels)) as server:
+            return _client_rows(server.target, levels, calls_per_session=calls_per_session, max_tokens=max_tokens,
+                                progress=lambda msg: print(f"[bench] {msg}", flush=True), label=f"{label} batched",
+                                engine=backend.engine, delta_chars=0, prefill_first=True)
+    finally:
+        backend.close()
 
 
 def _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label):
