@@ -175,6 +175,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.training.bench import cloud_anchor
     from relayllm.training.bench.cloud_anchor import batched_decode
+    from relayllm.training.bench.fresh_process import in_fresh_process
 
     threads = threads or physical_cores()
     out: dict = {"machine": machine(), "levels": list(levels), "calls_per_session": calls_per_session,
@@ -200,16 +201,6 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
             m["gateway"] = _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label)
         save(out)
     return out
-
-
-def in_fresh_process(fn, *args, **kwargs):
-    """fn(*args, **kwargs) in a new Python process (spawned: nothing of this one's llama.cpp
-    threads in it); its output goes to this one's."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
 
 
 def _batched_cloud_rows(gguf, levels, *, threads, calls_per_session, max_tokens, label):
