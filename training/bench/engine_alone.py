@@ -8,6 +8,8 @@ sessions prefilled in the BatchedLlamaCppBackend and each generating 64 tokens a
 threads. Ratio = the engine's generated tok/s / the anchor's decode tok/s. In-step = the
 engine's llama_decode plus sampling per step; wall/step adds its Python between steps.
 A probe of where the cloud's per-token time goes, beside training/bench/cloud_scale.py.
+Both in one process is what makes it a probe, not the benchmark: after llama.cpp has computed
+from the main thread (the anchor), the engine's own thread runs slower (bench/fresh_process.py).
 """
 
 from __future__ import annotations
