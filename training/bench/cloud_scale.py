@@ -175,7 +175,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.training.bench import cloud_anchor
     from relayllm.training.bench.cloud_anchor import batched_decode
-    from relayllm.training.bench.fresh_process import in_fresh_process
+    from relayllm.training.bench.fresh_process import in_fresh_process, say_in_child
 
     threads = threads or physical_cores()
     out: dict = {"machine": machine(), "levels": list(levels), "calls_per_session": calls_per_session,
@@ -188,7 +188,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
         # it slower from another (the anchor in the main thread, then the engine's thread: a
         # 1-sequence step of SmolLM2 went from 6.8 to 10-11 ms)
         m["anchor"] = in_fresh_process(batched_decode, str(gguf), tuple(levels), prompt=SWEEP_PROMPT,
-                                       decode_tokens=anchor_tokens, n_threads=threads, progress=print)
+                                       decode_tokens=anchor_tokens, n_threads=threads, progress=say_in_child)
         m["cloud"] = in_fresh_process(_batched_cloud_rows, str(gguf), tuple(levels), threads=threads,
                                       calls_per_session=calls_per_session, max_tokens=max_tokens, label=label)
         for row, anchor in zip(m["cloud"], m["anchor"]):
@@ -207,12 +207,13 @@ def _batched_cloud_rows(gguf, levels, *, threads, calls_per_session, max_tokens,
     """The batched cloud's rows of against_anchor (run in a fresh process)."""
     from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
     from relayllm.cloud.harness import ServerThread
+    from relayllm.training.bench.fresh_process import say_in_child
 
     backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=max(levels), n_threads=threads)
     try:
         with ServerThread(backend, config=_server_config(levels)) as server:
             return _client_rows(server.target, levels, calls_per_session=calls_per_session, max_tokens=max_tokens,
-                                progress=lambda msg: print(f"[bench] {msg}", flush=True), label=f"{label} batched",
+                                progress=say_in_child, label=f"{label} batched",
                                 engine=backend.engine, delta_chars=0, prefill_first=True)
     finally:
         backend.close()

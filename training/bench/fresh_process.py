@@ -16,3 +16,8 @@ def in_fresh_process(fn, *args, **kwargs):
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args, **kwargs).result()
+
+
+def say_in_child(msg: str) -> None:
+    """Progress from a part run by in_fresh_process (a module function: it crosses the spawn)."""
+    print(f"[bench] {msg}", flush=True)
