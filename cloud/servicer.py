@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata as _metadata
@@ -83,6 +84,33 @@ class _Stop:
 
     def cancel(self) -> None:
         self.reason = self.reason or FINISH_CANCELLED
+
+
+class _Mailbox:
+    """Replies handed from a worker thread to the event loop. A put wakes the loop only when
+    no wake is pending (one wake of the loop per batch of replies, not one per token): each
+    wake is a write to the loop's self-pipe and a turn of the loop, Python work that competes
+    with llama.cpp's threads for the cores while the engine decodes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop, self._items, self._lock = loop, [], threading.Lock()
+        self._ready = asyncio.Event()
+        self._woken = False
+
+    def put(self, item) -> None:  # any thread
+        with self._lock:
+            self._items.append(item)
+            if self._woken:
+                return
+            self._woken = True
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def take(self) -> list:  # the event loop: every reply put since the last take, in order
+        await self._ready.wait()
+        with self._lock:
+            items, self._items, self._woken = self._items, [], False
+            self._ready.clear()
+        return items
 
 
 class RelayServicer:
@@ -199,24 +227,23 @@ class RelayServicer:
             return
         stop = _Stop(context, self.config.max_call_s)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def put(item):
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        replies = _Mailbox(loop)
 
         def work():
             try:
-                return self._run_help(tenant, plan_, request, sampling, stop, put)
+                return self._run_help(tenant, plan_, request, sampling, stop, replies.put)
             finally:
-                put(None)
+                replies.put(None)
 
         future = loop.run_in_executor(self.executor, work)
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                await context.write(item)
+            ended = False
+            while not ended:
+                for item in await replies.take():
+                    if item is None:
+                        ended = True
+                        break
+                    await context.write(item)
             done = await future
         except asyncio.CancelledError:
             stop.cancel()  # client gone or deadline: generation stops

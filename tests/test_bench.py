@@ -167,7 +167,10 @@ def test_cloud_sweep_against_llama_cpp_batched_decode(mini_result):
         assert row["decode_tokens_per_step"] > 0 and row["prefill_tokens"] > 0
         assert row["latency_p50_s"] <= row["latency_p95_s"]
         assert row["vs_anchor"] == pytest.approx(row["decode_tok_s"] / m["anchor"][m["cloud"].index(row)]["decode_tok_s"])
-    assert m["passes"]["passes_per_decode_step"] == 1.0  # one forward pass per step (unified KV)
+    # one forward pass per run of consecutive sequence ids (a KV stream per sequence), so one per
+    # step unless a session ended before its neighbours
+    assert m["passes"]["passes_per_id_run"] == 1.0
+    assert 1.0 <= m["passes"]["passes_per_decode_step"] <= 2.0
     f = _figure(mini_result, "SmolLM2-135M, 3 sessions: cloud decode tok/s")
     assert f["peer_name"] == "llama.cpp batched decode, 3 seq" and f["goal"] == ">= 0.8"
     assert "| SmolLM2-135M | 3 |" in mini_result["cloud"]["sweep_table"]

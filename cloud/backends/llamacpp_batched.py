@@ -82,8 +82,11 @@ class _Step:
 class _Generation(_Step):
     """A Help call's decode loop, run by the engine: the delta, then one token per step until
     `should_stop` says so, the model ends its text, or `max_new_tokens` are written. Each
-    written token is emitted and then evaluated (the KV holds the whole session); a token that
-    is not written (a stop, the end of text) is not evaluated."""
+    written token is emitted and then evaluated as the input of the next step, except the
+    last: the call ends as soon as it is sampled, and the session's next call evaluates it
+    with its delta (the KV holds a prefix of the session, which the next call's reuse
+    handles). That saves a step per call (1 in 65 of a 64-token call) and a step of latency.
+    A token that is not written (a stop, the end of text) is not evaluated either."""
 
     def __init__(self, seq, tokens, pos, keep, sampler, *, max_new_tokens: int, should_stop: Callable[[], str | None],
                  emit: Callable[[int], None], is_eos: Callable[[int], bool]):
@@ -94,8 +97,6 @@ class _Generation(_Step):
         self.first_token_at: float | None = None  # perf_counter when the delta was evaluated
 
     def advance(self, token: int | None) -> bool:
-        if self.sampler is None:  # the last written token is evaluated: done
-            return False
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         stop = self.should_stop()
@@ -107,10 +108,8 @@ class _Generation(_Step):
             return False
         self.emit(token)
         self.generated.append(token)
-        self.tokens = [token]
-        if len(self.generated) >= self.max_new_tokens:
-            self.sampler = None  # evaluate it, sample nothing more
-        return True
+        self.tokens = [token]  # not evaluated (not in `evaluated`) when the call ends here
+        return len(self.generated) < self.max_new_tokens
 
 
 @dataclass(frozen=True)

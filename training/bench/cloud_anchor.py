@@ -127,8 +127,13 @@ def passes_per_step(gguf, *, prompt: str, sessions: int = 8, threads: int | None
             list(pool.map(call, range(sessions)))
         steps = [r for r in backend.engine.history if not r.prefill_tokens]
         full = [r for r in steps if len(r.decode_seqs) == sessions]
+        # runs of consecutive sequence ids in a step: with a KV stream per sequence llama.cpp
+        # starts a pass at each gap, and a gap opens when a session ends before its neighbours
+        # (the threads of this probe hand their calls in in any order)
+        runs = sum(1 + sum(b != a + 1 for a, b in zip(seqs, seqs[1:])) for seqs in (sorted(r.decode_seqs) for r in steps))
         return {"sessions": sessions, "decode_steps": len(steps), "steps_with_every_session": len(full),
                 "passes_per_decode_step": sum(r.passes for r in steps) / len(steps) if steps else float("nan"),
+                "passes_per_id_run": sum(r.passes for r in steps) / runs if runs else float("nan"),
                 "decode_tokens_per_step": sum(len(r.decode_seqs) for r in steps) / len(steps) if steps else 0.0}
     finally:
         backend.close()

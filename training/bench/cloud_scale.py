@@ -281,6 +281,7 @@ def anchor_table(result: dict) -> str:
         p = m["passes"]
         lines.append(f"{label}: {p['passes_per_decode_step']:.2f} forward passes per decode step with "
                      f"{p['sessions']} sessions decoding ({p['decode_tokens_per_step']:.1f} tokens per step; "
+                     f"{p.get('passes_per_id_run', float('nan')):.2f} per run of consecutive sequence ids; "
                      f"llama.cpp's graph callback)")
         if isinstance(m.get("gateway"), dict):
             lines.append(f"{label} gateway: {m['gateway']['error']}")

@@ -32,7 +32,7 @@ from relayllm.training.errors import TrainingError
 from relayllm.training.relay.rewards import REWARDS as REWARD_KINDS
 
 STAGES = ("warmup", "grpo", "export")
-WARMUP_STRATEGIES = ("random", "guided")
+WARMUP_STRATEGIES = ("random", "guided", "own")
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
 
 
@@ -66,7 +66,9 @@ class WarmupConfig:
     rows: list[dict] | None = _f(None, "inline questions instead of `data`: [{prompt, answer}], the prompt as "
                                        "the model sees it, graded as the built-in task")
     strategy: str = _f("guided", "'guided': commands where the SLM departs from the LLM's path; "
-                                 "'random': the paper's, commands at random positions of the SLM's own solutions")
+                                 "'random': the paper's, commands at random positions of the SLM's own solutions; "
+                                 "'own': a command where the SLM's own answer first goes wrong on a number "
+                                 "(training/relay/own_path.py; both GGUF files)")
     n_call: int = _f(8, "N in the taught command at most (n_rule 'fixed': always)")
     n_rule: str = _f("recover", "'recover': N = the LLM span that brings the SLM back onto the LLM's path; "
                                 "'line': N = the rest of the LLM's line from the divergence (through its "

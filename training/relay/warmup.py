@@ -15,6 +15,8 @@ The data are built from prompts with known answers, in one of two strategies:
   `call_below`, a command also goes where the SLM's top probability is under that value;
   with `clean_context` each example becomes rows for an edge that drops commands from the
   SLM's context (command_context="drop"): the answer without commands, one row per command.
+- "own": the SLM's own greedy answers; a right one is a row without a command, a wrong one
+  gets a command where the LLM first disagrees with it on a number (training/relay/own_path.py).
 
 Loss on the answer only (never the prompt); tokens written by the LLM are left out of the
 loss by default (`train_llm_tokens=True` keeps them). Training is TRL's SFTTrainer on a
@@ -347,18 +349,24 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         pairs = _rows(rows, prompts, answers, c.n_examples, seed, questions=questions, tokenizer=tokenizer)
-        llm_model = solutions = None
-        if c.strategy == "guided" and c.llm_paths == "llama.cpp":
-            solutions = _llama_cpp_paths(llm, tokenizer, pairs, c.max_new_tokens, out_dir, progress)
-        elif c.strategy == "guided":
-            llm_model = load_checkpoint(llm, what="LLM")[0]
-        examples = build_examples(model, llm_model, tokenizer, pairs, strategy=c.strategy, n_call=c.n_call,
-                                  max_calls=c.max_calls, seed=seed, progress=progress, call_below=c.call_below,
-                                  max_new_tokens=c.max_new_tokens, solved_only=c.solved_only,
-                                  grader=questions.grader if questions is not None else None, n_rule=c.n_rule,
-                                  solutions=solutions, call_at=c.call_at)
-        del llm_model
-        if c.clean_context and c.strategy == "guided":
+        grader = questions.grader if questions is not None else None
+        if c.strategy == "own":  # training/relay/own_path.py: the SLM's own answers, both GGUFs
+            from relayllm.training.relay.own_path import own_examples
+
+            examples = own_examples(slm, llm, tokenizer, pairs, out_dir, n_call=c.n_call, progress=progress,
+                                    max_new_tokens=c.max_new_tokens, grader=grader)
+        else:
+            llm_model = solutions = None
+            if c.strategy == "guided" and c.llm_paths == "llama.cpp":
+                solutions = _llama_cpp_paths(llm, tokenizer, pairs, c.max_new_tokens, out_dir, progress)
+            elif c.strategy == "guided":
+                llm_model = load_checkpoint(llm, what="LLM")[0]
+            examples = build_examples(model, llm_model, tokenizer, pairs, strategy=c.strategy, n_call=c.n_call,
+                                      max_calls=c.max_calls, seed=seed, progress=progress, call_below=c.call_below,
+                                      max_new_tokens=c.max_new_tokens, solved_only=c.solved_only, grader=grader,
+                                      n_rule=c.n_rule, solutions=solutions, call_at=c.call_at)
+            del llm_model
+        if c.clean_context and c.strategy in ("guided", "own"):
             examples = [row for ex in examples for row in clean_context_rows(ex, open_id, close_id)]
         data_file.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
     if c.lora_r > 0:
