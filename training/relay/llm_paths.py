@@ -24,9 +24,10 @@ def _key(prompt_ids: list[int], max_new_tokens: int) -> str:
 
 def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_tokens: int, *,
                    cache_file: str | Path | None = None, n_ctx: int = 2048, progress: bool = True,
-                   stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+                   stop_ids: tuple[int, ...] = (), desc: str = "LLM paths (llama.cpp, greedy)") -> list[list[int]]:
     """The LLM's greedy completion (token ids, the end token kept when it ended) of each
-    prompt. It ends at llama.cpp's EOS or any of `stop_ids` (the SLM tokenizer's EOS)."""
+    prompt. It ends at llama.cpp's EOS or any of `stop_ids` (the SLM tokenizer's EOS).
+    `desc`: the progress bar's label (the SLM's answers are written the same way)."""
     from tqdm.auto import tqdm
 
     from relayllm.cloud.backends.llamacpp import physical_cores
@@ -48,7 +49,7 @@ def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_token
         ends = {int(llm.token_eos()), *map(int, stop_ids)}
         try:
             out = cache_path.open("a") if cache_path is not None else None
-            for i in tqdm(todo, desc="LLM paths (llama.cpp, greedy)", disable=not progress, mininterval=1.0):
+            for i in tqdm(todo, desc=desc, disable=not progress, mininterval=1.0):
                 ids: list[int] = []
                 llm.reset()
                 for token in llm.generate(prompts[i], temp=0.0, top_k=1, reset=True):

@@ -98,7 +98,7 @@ def own_examples(slm_gguf, llm_gguf, tokenizer, pairs: list[tuple[str, str]], ou
     prompts = [tokenizer.encode(p, add_special_tokens=False) for p, _ in pairs]
     stop = (tokenizer.eos_token_id,)
     answers = gguf_solutions(slm_gguf, prompts, max_new_tokens, cache_file=out_dir / SLM_ANSWERS_FILE,
-                             progress=progress, stop_ids=stop)
+                             progress=progress, stop_ids=stop, desc="SLM answers (llama.cpp, greedy)")
     right = [grader(tokenizer.decode(a, skip_special_tokens=True), ans) for a, (_, ans) in zip(answers, pairs)]
     cache_path = out_dir / READS_FILE
     reads: dict[int, dict] = {}
