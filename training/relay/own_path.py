@@ -128,9 +128,3 @@ def own_examples(slm_gguf, llm_gguf, tokenizer, pairs: list[tuple[str, str]], ou
         raise TrainingError("no warm-up example: the SLM solved none of the prompts and the LLM rescued none")
     return examples
 
-
-def summary(examples) -> dict:
-    """How many rows the strategy made of each kind (for the run's summary)."""
-    called = [e for e in examples if e.calls]
-    return {"slm_right_rows": len(examples) - len(called), "rescued_rows": len(called),
-            "llm_tokens": sum(sum(e.llm_mask) for e in called)}
