@@ -66,7 +66,6 @@ def test_own_rows_call_where_the_slm_goes_wrong_and_resume_from_the_cache(pair_a
         t, cont = read["t"], read["ids"]
         assert t is not None and cont and cont[0] != answer[t]  # the LLM writes something else there
         assert _numeric(tok, answer[t]) or _numeric(tok, cont[0])  # on a number or a sign
-        assert answer[:t] != [] or t == 0
         n = line_span(cont, tok, 0, 32)
         assert ex.prompt_ids == prompt and ex.calls == 1
         assert ex.completion_ids == answer[:t] + command_ids(tok, n) + cont  # the SLM's own words up to there

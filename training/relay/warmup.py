@@ -1,6 +1,6 @@
 """Warm-up (SFT): teach the SLM the command `<call>N</call>` before GRPO.
 
-The data are built from prompts with known answers, in one of two strategies:
+The data are built from prompts with known answers, in one of three strategies:
 
 - "random" (the paper's): correct SLM solutions (greedy) with 0 to `max_calls` commands
   inserted at random token positions; the text simply continues after each command. This
