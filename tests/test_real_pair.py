@@ -121,6 +121,17 @@ def test_a_relay_slms_trailing_command_tokens_leave_its_fingerprint_its_bases():
     assert fingerprint_of_pieces(base + [b"<call>"]) != fingerprint_of_pieces(base)
 
 
+class Answer:
+    """What a decoder's Result carries, enough to grade and count (the journal tests answer
+    with it: they test which questions are answered again, not the answers)."""
+
+    def __init__(self, text):
+        self.text, self.slm_tokens, self.llm_tokens, self.calls = text, 3, 0, 0
+        self.degraded, self.degraded_reasons, self.finish_reason = False, [], "eos"
+        self.prefilled_tokens = self.reused_tokens = 0
+        self.spans, self.llm_token_ratio, self.wall_s = [("slm", text)], 0.0, 0.0
+
+
 def test_two_splits_under_one_journal_key_resume_without_answering_again(tmp_path):
     """The suite answers validation and the development test under one key: their indices
     collide (question 0 of each), their questions do not. Resuming reads each split's own
@@ -128,13 +139,6 @@ def test_two_splits_under_one_journal_key_resume_without_answering_again(tmp_pat
     from relayllm.training.data.grading import make_grader
     from relayllm.training.eval.journal import Journal
     from relayllm.training.eval.runner import run_mode
-
-    class Answer:  # what a decoder's Result carries, enough to grade and count
-        def __init__(self, text):
-            self.text, self.slm_tokens, self.llm_tokens, self.calls = text, 3, 0, 0
-            self.degraded, self.degraded_reasons, self.finish_reason = False, [], "eos"
-            self.prefilled_tokens = self.reused_tokens = 0
-            self.spans, self.llm_token_ratio, self.wall_s = [("slm", text)], 0.0, 0.0
 
     asked = []
 
@@ -149,3 +153,43 @@ def test_two_splits_under_one_journal_key_resume_without_answering_again(tmp_pat
         run_mode(split, answer, grader, mode="slm", progress=False, journal=journal)
     assert asked == [e.question for e in val + test]  # each answered once
     assert len(journal.path.read_text().splitlines()) == 6
+
+
+def test_records_of_a_model_file_are_refused_for_another_file_of_the_same_name(tmp_path, smollm2_path):
+    """Journals key a model by its file's name; a retrained model under the same name (here a
+    real GGUF replaced by another) must not be credited with the old one's answers."""
+    import shutil
+
+    from relayllm.training.data.grading import make_grader
+    from relayllm.training.errors import EvalError
+    from relayllm.training.eval.journal import Journal
+    from relayllm.training.eval.runner import run_mode
+
+    model = tmp_path / "models" / "slm.gguf"
+    model.parent.mkdir()
+    shutil.copy(smollm2_path, model)
+    questions, grader = gsm8k.load("validation", 2), make_grader("math")
+    asked = []
+
+    def answer(question):
+        asked.append(question)
+        return Answer("\\boxed{1}")
+
+    def journal():
+        return Journal(tmp_path / "records", {"mode": "slm", "slm": model.name}, files={"slm": model})
+
+    run_mode(questions, answer, grader, mode="slm", progress=False, journal=journal())
+    run_mode(questions, answer, grader, mode="slm", progress=False, journal=journal())  # the same file: resumed
+    assert len(asked) == 2
+    fingerprints = json.loads(journal().files_path.read_text())
+    assert fingerprints["slm"]["name"] == "slm.gguf" and fingerprints["slm"]["size"] == model.stat().st_size
+    with model.open("r+b") as f:  # the same size and name, other weights near the end of the file
+        f.seek(model.stat().st_size - 100)
+        f.write(bytes(100))
+    with pytest.raises(EvalError, match="another slm file named slm.gguf"):
+        run_mode(questions, answer, grader, mode="slm", progress=False, journal=journal())
+    assert len(asked) == 2
+    # records made before fingerprints existed adopt the file they are resumed with
+    journal().files_path.unlink()
+    run_mode(questions, answer, grader, mode="slm", progress=False, journal=journal())
+    assert len(asked) == 2 and journal().files_path.is_file()

@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
                                              instruction=instruction, max_tokens=args.max_tokens, seed=args.seed,
                                              progress=not args.no_progress, n_ctx=args.n_ctx,
                                              journal_dir=Path(args.out) / "records", journal_key=journal_key,
+                                             journal_files={"llm": llm} if llm else None,
                                              budget=Budget(args.budget_minutes), deadline_s=args.deadline_s))
         if args.mode == "all":
             from relayllm.training.data import gsm8k

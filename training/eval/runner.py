@@ -79,7 +79,8 @@ class Evaluator:
     def __init__(self, *, cloud_target: str | None, grader: Grader, prompt: Callable[[str], str] | None = None,
                  instruction: str | None = None, max_tokens: int = 256, max_calls: int = 4, seed: int = 0,
                  progress: bool = True, n_ctx: int = 2048, journal_dir: str | Path | None = None,
-                 journal_key: dict | None = None, budget: Budget | None = None, deadline_s: float = 120.0):
+                 journal_key: dict | None = None, journal_files: dict | None = None, budget: Budget | None = None,
+                 deadline_s: float = 120.0):
         self.cloud_target = cloud_target
         # per cloud call: the harness measures answers, not latency, and an llm-mode call of
         # 256 tokens from a 1.5B on 2 CPU cores takes ~15 s (an app's default is 10 s)
@@ -88,6 +89,7 @@ class Evaluator:
         # (what decides the answers beyond the mode: the models, the data), and a time budget
         self.journal_dir = journal_dir
         self.journal_key = dict(journal_key or {})
+        self.journal_files = dict(journal_files or {})  # role -> model file (the LLM's), fingerprinted
         self.budget = budget
         self.grader = grader
         self.prompt = prompt or (lambda q: q)
@@ -156,12 +158,18 @@ class Evaluator:
 
     # -- modes --------------------------------------------------------------------------
     def journal(self, mode: str, setting=None, **extra) -> Journal | None:
-        """The records file of one run (None without a journal_dir)."""
+        """The records file of one run (None without a journal_dir). The models in `extra`
+        (slm, router: paths or loaded Llamas) are keyed by file name and fingerprinted."""
         if self.journal_dir is None:
             return None
+        files = dict(self.journal_files)
+        for role in ("slm", "router"):
+            if role in extra:
+                files[role] = model_file(extra[role])
+                extra[role] = files[role].name
         key = {**self.journal_key, "mode": mode, "setting": setting, "max_tokens": self.max_tokens,
                "max_calls": self.max_calls, "instruction": self.instruction, "seed": self.seed, **extra}
-        return Journal(self.journal_dir, key)
+        return Journal(self.journal_dir, key, files=files)
 
     def _run(self, examples, decoder, mode, setting=None, setting_name=None, before_each=None, **key) -> ModeRun:
         return run_mode(examples, lambda q: tally_stream(decoder.stream(self.text_for(decoder, q))), self.grader, mode=mode,
@@ -171,13 +179,13 @@ class Evaluator:
                         budget=self.budget)
 
     def run_slm(self, examples, slm) -> ModeRun:
-        return self._run(examples, self.decoder(slm, cloud=False, max_calls=0), "slm", slm=model_id(slm))
+        return self._run(examples, self.decoder(slm, cloud=False, max_calls=0), "slm", slm=slm)
 
     def run_llm(self, examples, slm) -> ModeRun:
         """The LLM writes every token, through the cloud; tokens counted in the SLM's tokenizer."""
         router = AlwaysLLM(self.max_tokens)
         return self._run(examples, self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens), "llm",
-                         slm=model_id(slm))
+                         slm=slm)
 
     def run_relay(self, examples, relay_slm, call_threshold: float | None = DEFAULT_CALL_THRESHOLD,
                   command_context: str | None = None) -> ModeRun:
@@ -189,7 +197,7 @@ class Evaluator:
             dec = self.decoder(relay_slm, cloud=True, call_threshold=call_threshold, command_context=command_context)
         except ValueError as exc:  # not a relay SLM
             raise EvalError(str(exc)) from None
-        key = {"slm": model_id(relay_slm), "command_context": dec.command_context}
+        key = {"slm": relay_slm, "command_context": dec.command_context}
         if call_threshold is None:
             return self._run(examples, dec, "relay", **key)
         return self._run(examples, dec, "relay", call_threshold, "call_threshold", **key)
@@ -198,7 +206,7 @@ class Evaluator:
         """The relay SLM with no cloud: what its fine-tuning alone does to the SLM (a command it
         writes gets nothing and it goes on), told apart from what its calls add."""
         return self._run(examples, self.decoder(relay_slm, cloud=False, max_calls=0), "relay-alone",
-                         slm=model_id(relay_slm))
+                         slm=relay_slm)
 
     def run_random(self, examples, slm, p: float) -> ModeRun:
         from relayllm.edge.routers import RandomRouter
@@ -209,13 +217,13 @@ class Evaluator:
             router.reseed(self.seed * 100_003 + i)
 
         dec = self.decoder(slm, cloud=True, router=router, max_calls=self.max_tokens)
-        return self._run(examples, dec, "random", p, "p", before_each=fresh_router, slm=model_id(slm))
+        return self._run(examples, dec, "random", p, "p", before_each=fresh_router, slm=slm)
 
     def run_confidence(self, examples, slm, threshold: float) -> ModeRun:
         from relayllm.edge.routers import ConfidenceRouter
 
         dec = self.decoder(slm, cloud=True, router=ConfidenceRouter(threshold), max_calls=self.max_tokens)
-        return self._run(examples, dec, "confidence", threshold, "threshold", slm=model_id(slm))
+        return self._run(examples, dec, "confidence", threshold, "threshold", slm=slm)
 
     def run_learned_router(self, examples, slm, router_file: str | Path, threshold: float, mode: str) -> ModeRun:
         """R2R or CITER: an ONNX router reading the SLM's own signals (hidden state included)."""
@@ -227,7 +235,7 @@ class Evaluator:
         except RouterError as exc:
             raise EvalError(str(exc)) from None
         dec = self.decoder(llama, cloud=True, router=router, max_calls=self.max_tokens)
-        return self._run(examples, dec, mode, threshold, "threshold", slm=model_id(slm), router=model_id(router_file))
+        return self._run(examples, dec, mode, threshold, "threshold", slm=slm, router=router_file)
 
     def run_query(self, slm_run: ModeRun, llm_run: ModeRun, share: float) -> ModeRun:
         from relayllm.training.eval.modes import random_query_split_run
@@ -235,9 +243,9 @@ class Evaluator:
         return random_query_split_run(slm_run, llm_run, share, seed=self.seed)
 
 
-def model_id(model) -> str:
-    """A model's name in a journal key: its file's name (a loaded Llama: its model_path's)."""
-    return Path(str(getattr(model, "model_path", model))).name
+def model_file(model) -> Path:
+    """A model's file (a loaded Llama: its model_path); journals key it by the file's name."""
+    return Path(str(getattr(model, "model_path", model)))
 
 
 def AlwaysLLM(max_tokens: int):
@@ -254,23 +262,70 @@ def greedy_sampling():
 
 
 class local_cloud:
-    """A cloud service on loopback serving `llm_gguf` with llama.cpp: `with local_cloud(p) as target: ...`."""
+    """A cloud service on loopback serving `llm_gguf`: `with local_cloud(p) as target: ...`.
+
+    It is `relayllm serve` (llama.cpp, a context per session) in a process of its own, as a
+    real cloud is: the SLM's llama.cpp and the LLM's never compute from two threads of one
+    process (on 2 cores that slowed a llama.cpp step by half, training/bench/fresh_process.py),
+    and the server's gRPC and event loop do not share the evaluation's GIL.
+    """
+
+    START_S = 120.0  # loading a 1 GB GGUF on a busy 2-core machine
 
     def __init__(self, llm_gguf: str | Path):
         if not Path(llm_gguf).is_file():
             raise EvalError(f"LLM model not found: {llm_gguf}")
         self.llm_gguf = str(llm_gguf)
-        self._server = None
+        self._process = None
+        self._log = None
 
     def __enter__(self) -> str:
-        from relayllm.cloud.backends.llamacpp import LlamaCppBackend
-        from relayllm.cloud.harness import ServerThread
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        import threading
 
-        self._server = ServerThread(LlamaCppBackend(self.llm_gguf))
-        self._server.__enter__()
-        return self._server.target
+        argv = [sys.executable, "-m", "relayllm.protos.cli", "serve", "--model", self.llm_gguf, "--port", "0",
+                "--backend", "llama.cpp-contexts", "--log-level", "WARNING"]
+        self._log = tempfile.TemporaryFile(mode="w+")  # the server's stderr, shown if it fails to start
+        self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines: list[str] = []  # the first line says where it listens (read with a time limit)
+        reader = threading.Thread(target=lambda: lines.append(self._process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(self.START_S)
+        line = lines[0] if lines else ""
+        if "listening on " not in line:
+            self._stop()
+            why = self._stderr_tail() or line.strip() or f"no answer in {self.START_S:g} s"
+            self.__exit__(None, None, None)
+            raise EvalError(f"the cloud on loopback did not start for {self.llm_gguf}: {why}")
+        return line.split("listening on ")[1].split()[0]
+
+    def _stderr_tail(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return " ".join(self._log.read().strip().splitlines()[-3:])
+
+    def _stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)  # drains and stops
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
 
     def __exit__(self, *exc):
-        if self._server is not None:
-            self._server.__exit__(*exc)
-            self._server = None
+        if self._process is not None:
+            self._stop()
+            self._process.stdout.close()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
