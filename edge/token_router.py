@@ -161,13 +161,19 @@ class TokenRouter:
             logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         if self.spec.hidden_state and llama is not None and llama.n_embd() != self.spec.hidden_size:
             raise RouterError(f"router expects an SLM with hidden size {self.spec.hidden_size}, got {llama.n_embd()}")
+        # a router made without the token embedding (spec.token_embedding False) has no `token`
+        # input: the ONNX export drops an input the graph does not read
+        self._token_input = any(i.name == "token" for i in self.session.get_inputs())
         self.steps = self.fired = 0
         self.seconds = 0.0
 
     def score(self, logits, token: int, hidden=None) -> float:
         """p_llm for one position."""
         dense = dense_features(self.spec, logits, hidden)[None, :]
-        out = self.session.run(["p_llm"], {"dense": dense, "token": np.asarray([token], dtype=np.int64)})
+        feed = {"dense": dense}
+        if self._token_input:
+            feed["token"] = np.asarray([token], dtype=np.int64)
+        out = self.session.run(["p_llm"], feed)
         return float(out[0][0])
 
     def decide(self, step) -> int:

@@ -14,6 +14,7 @@ HELP = "evaluate slm / llm / relay / routers on a JSONL benchmark"
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 from relayllm.protos.protocol import COMMAND_CONTEXTS
 from relayllm.training.errors import TrainingError
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cloud.add_argument("--cloud", metavar="HOST:PORT", help="a running `relayllm serve`")
     parser.add_argument("--relay-slm", metavar="GGUF",
                         help="--mode all: a relay SLM for this pair (relayllm train): relay rows join the table")
+    parser.add_argument("--citer-router", metavar="ONNX",
+                        help="with --suite gsm8k --mode all: a CITER router for the pair (python -m "
+                             "relayllm.training.routers.pair); adds the CITER row, its threshold chosen on validation")
     parser.add_argument("--router", metavar="ONNX", help="r2r / citer modes: the trained router file")
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                         help="relay mode: calibration thresholds (the SLM writes <call> where its P(<call>) reaches "
@@ -92,6 +96,12 @@ def _check(args) -> None:
         raise TrainingError("--validation must be at least 1")
     if args.suite and args.data:
         raise TrainingError("give --suite or --data, not both")
+    if args.citer_router is not None:
+        if args.mode != "all":
+            raise TrainingError("--citer-router adds CITER to the whole table: give --suite gsm8k --mode all "
+                                "(one mode alone: --mode citer --router ONNX)")
+        if not Path(args.citer_router).is_file():
+            raise TrainingError(f"--citer-router: no such file: {args.citer_router}")
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         raise TrainingError("--budget-minutes must be positive")
     gsm8k_splits, builtin_splits = ("dev-test", "validation", "pool"), ("test", "validation")
@@ -179,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
             summary = suite.run_table(ev, val_ex=gsm8k.load("validation", args.validation), test_ex=examples,
                                       slm=slm, out=args.out, thresholds=args.thresholds or suite.THRESHOLDS,
                                       say=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True),
-                                      relay_slm=relay_slm, relay_context=args.command_context)
+                                      relay_slm=relay_slm, relay_context=args.command_context,
+                                      citer_router=args.citer_router)
             print((Path(args.out) / E.TABLE_FILE).read_text())
             print(f"evaluation {summary['eval_s'] / 60:.1f} min; wrote {args.out}/", file=sys.stderr)
             return 0

@@ -37,10 +37,11 @@ def command_ids(tokenizer, n: int) -> list[int]:
     return [open_id, *tokenizer.encode(str(int(n)), add_special_tokens=False), close_id]
 
 
-def load_checkpoint(path, *, what: str = "model", dtype=torch.float32):
+def load_checkpoint(path, *, what: str = "model", dtype=torch.float32, commands: bool = True):
     """(model, tokenizer) from an HF checkpoint folder or a GGUF file (transformers
-    dequantizes it into a torch model with its tokenizer), command tokens ensured, in eval
-    mode, on the GPU when there is one (training then runs there; TRL keeps it)."""
+    dequantizes it into a torch model with its tokenizer), command tokens ensured (unless
+    `commands` is False: the model exactly as the edge runs its GGUF, as the routers read
+    it), in eval mode, on the GPU when there is one (training then runs there; TRL keeps it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -63,7 +64,8 @@ def load_checkpoint(path, *, what: str = "model", dtype=torch.float32):
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     rows = model.get_input_embeddings().weight.shape[0]
-    add_command_tokens(tokenizer, model)
+    if commands:
+        add_command_tokens(tokenizer, model)
     if kw or model.get_input_embeddings().weight.shape[0] != rows:
         # the model in memory is no longer the one in `where` (dequantized, or new rows for the
         # command tokens, initialised at random): nothing may load it from there again (TRL
