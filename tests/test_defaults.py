@@ -174,3 +174,69 @@ def test_a_failed_relay_build_is_not_final_for_another_recipe(micro_pair, monkey
     assert not defaults._relay_missing_but_buildable(models.root / "manifest.json")  # not retried at every call
     monkeypatch.setattr(default_relay, "RELAY_RECIPE", default_relay.RelayRecipe(**MICRO_RELAY))
     assert defaults._relay_missing_but_buildable(models.root / "manifest.json")  # a new recipe is tried
+
+
+# ---------------------------------------------------------------------------------------
+# The shipped pack (training/models/shipped_pack.py): the real default models, built once and
+# committed, so that a fresh clone's demo unpacks them instead of training for ten minutes.
+
+
+def test_the_shipped_pack_was_built_with_todays_recipes():
+    """Fails when a recipe of the default models changes and the pack is not rebuilt with it
+    (`python -m relayllm.training.models.shipped_pack build`)."""
+    from relayllm.training.models import shipped_pack
+
+    assert shipped_pack.problems() == []
+
+
+@pytest.fixture
+def unpacked(tmp_path, monkeypatch):
+    """default_models() on an empty cache, with training made impossible: the pack must serve."""
+    monkeypatch.setenv("RELAYLLM_CACHE", str(tmp_path))
+
+    def no_training(*a, **k):
+        raise AssertionError("default_models() trained although the shipped pack matches today's recipes")
+
+    for name in ("_build_pair", "_build_relay", "_build_routers"):
+        monkeypatch.setattr(defaults, name, no_training)
+    return defaults.default_models(progress=False)
+
+
+def test_an_empty_cache_gets_the_shipped_models_and_they_are_the_real_ones(unpacked):
+    from relayllm.edge.models import quiet_llama
+    from relayllm.edge.token_router import TokenRouter
+
+    models = unpacked
+    for path in (models.llm, models.slm, models.relay_slm, models.relay_warmup_slm, models.r2r_router,
+                 models.citer_router, models.relay_grpo_curves):
+        assert path is not None and path.is_file(), path
+    assert models.relay_command_context == "drop" and models.info["from_pack"]
+    assert models.llm_hf is None and models.slm_hf is None  # not packed: only a rebuild reads them
+    # the LLM GGUF answers the task as its manifest says (the SLM far less often)
+    questions = task.test_split()[:20]
+    llm_right = tiny_models.gguf_accuracy(models.llm, questions)
+    assert llm_right >= 0.8 and tiny_models.gguf_accuracy(models.slm, questions) < llm_right
+    llama = quiet_llama(model_path=str(models.slm), n_ctx=128, embedding=True)
+    assert TokenRouter(models.citer_router, 0.5, llama=llama).mode == "citer"
+    stamp = models.llm.stat().st_mtime_ns
+    assert defaults.default_models(progress=False) == models and models.llm.stat().st_mtime_ns == stamp
+    assert not list(models.root.glob(".unpack-*"))  # the scratch folder is gone
+
+
+def test_models_unpacked_from_an_older_pack_are_built_afresh(unpacked, monkeypatch):
+    """A new router recipe over an unpacked cache: no HF checkpoints to train routers on, so
+    the whole folder is built again (here the build is stopped as it starts)."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(defaults, "ROUTER_RECIPE", replace(defaults.ROUTER_RECIPE, epochs=41))
+
+    class BuildStarted(Exception):
+        pass
+
+    def build_pair(*a, **k):
+        raise BuildStarted
+
+    monkeypatch.setattr(defaults, "_build_pair", build_pair)
+    with pytest.raises(BuildStarted):
+        defaults.default_models(progress=False)
+    assert not (unpacked.root / "manifest.json").exists()

@@ -14,6 +14,9 @@ Cache layout, under cache_dir()/default-models/<recipe hash>/:
     manifest.json            written last: its presence means the pair is complete
 A second call reads the manifest and returns at once. Builders take a file lock, so
 concurrent callers wait for one build instead of clashing.
+
+The first call does not train when the repository's pack of these models was built with
+today's recipes (training/models/shipped_pack.py): it unpacks it into the cache in seconds.
 """
 
 from __future__ import annotations
@@ -62,15 +65,27 @@ def recipe_hash(seed: int) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def default_models(progress: bool = True, seed: int = 0) -> DefaultModels:
-    """The default LLM / SLM / relay SLM, built on first use (a few minutes on 2 cores)."""
+def default_models(progress: bool = True, seed: int = 0, use_pack: bool = True) -> DefaultModels:
+    """The default LLM / SLM / relay SLM: unpacked from the repository's pack when it matches
+    today's recipes (`use_pack`), else built on first use (about 10 minutes on 2 cores)."""
     from relayllm.edge.models import cache_dir
+    from relayllm.training.models import shipped_pack
 
     root = cache_dir() / "default-models" / recipe_hash(seed)
     manifest = root / "manifest.json"
     if not manifest.is_file() or _relay_missing_but_buildable(manifest) or _routers_missing_but_buildable(manifest):
         root.mkdir(parents=True, exist_ok=True)
         with _FileLock(root / ".lock"):
+            if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8"))["info"].get("from_pack") \
+                    and (_relay_missing_but_buildable(manifest) or _routers_missing_but_buildable(manifest)):
+                # unpacked from an older pack: no HF checkpoints to build on, so build it all
+                _say("the models unpacked from the pack are of an older recipe: building them afresh")
+                manifest.unlink()
+            if not manifest.is_file() and use_pack and BUILD_RELAY and BUILD_ROUTERS and not shipped_pack.problems(seed):
+                started = time.perf_counter()
+                shipped_pack.unpack_into(root)
+                _say(f"unpacked the shipped models ({shipped_pack.ARCHIVE.name}, built with today's recipes) "
+                     f"in {time.perf_counter() - started:.1f} s; `{shipped_pack.REBUILD}` trains them afresh")
             if not manifest.is_file():  # another process may have finished it while we waited
                 _build_pair(root, seed, progress)
             if _relay_missing_but_buildable(manifest):
