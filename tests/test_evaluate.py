@@ -335,3 +335,28 @@ def test_a_drop_mode_slm_without_its_cloud_drops_the_command_and_writes_on(calli
             assert result.calls == 0 and result.text.startswith("5"), (name, result.text)
             # the context holds the prompt and what the SLM wrote, less the command's 3 tokens
             assert len(held) == len(decoder.vocab.text("1+1:")) + result.slm_tokens - 3, name
+
+
+def test_the_local_cloud_is_relayllm_serve_in_a_process_of_its_own(smollm2_path, tmp_path, monkeypatch):
+    """The evaluation's cloud runs apart from the SLM's llama.cpp, ignores the user's `relayllm
+    serve` settings from the environment (here tokens and a port that would break it), stops
+    with its block, and a model it cannot load is one readable error."""
+    import os
+
+    from relayllm.edge.client import CloudClient
+
+    monkeypatch.setenv("RELAYLLM_TOKENS", "secret:team")
+    monkeypatch.setenv("RELAYLLM_PORT", "1")
+    cloud = E.local_cloud(smollm2_path)
+    with cloud as target:
+        process = cloud._process
+        assert process.pid != os.getpid() and process.poll() is None
+        with CloudClient(target, deadline_s=60) as client:  # no token: the server asks for none
+            assert client.info().backend == "llama.cpp-contexts"
+            assert "".join(p.text for p in client.session().help(text="The capital of France is", max_tokens=3))
+    assert process.poll() is not None  # stopped with the block
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(E.EvalError, match="did not start"):
+        with E.local_cloud(broken):
+            pass

@@ -1,6 +1,8 @@
 """`relayllm demo`: the project's main job, the table users judge relay decoding by.
 
-Builds (or reuses from the cache) the default model pair and the relay SLM, starts a cloud
+Unpacks the default model pair, the relay SLM and the routers from the repository's pack
+(training/models/shipped_pack.py; built afresh instead when the pack is not of today's
+recipes, about 10 minutes on 2 cores; or reused from the cache), starts a cloud
 service on loopback serving the LLM, and evaluates the built-in task in two passes:
 1. validation split: every setting of every swept mode (relay's own knob, whatever it is:
    ModeRun.setting; confidence / R2R / CITER thresholds; query shares), and the random
@@ -21,7 +23,7 @@ the commit and the machine), results.md and the two PNG plots.
 
 from __future__ import annotations
 
-HELP = "build the default models, start a cloud on loopback, print the relay table"
+HELP = "the real pair live, then the built-in benchmark's table of every mode (a cloud on loopback)"
 
 import argparse
 import json
@@ -30,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-# Split sizes and sweep points, chosen so the whole demo (model build included) fits 15
-# minutes on 2 CPU cores; --fast is for a quick look (and the tests). The random router's p
+# Split sizes and sweep points, chosen so the whole demo fits 15 minutes on 2 CPU cores with the
+# shipped models (training them afresh adds about 10); --fast is for a quick look (and the tests). The random router's p
 # rises until it reaches relay's accuracy (the LLM alone is p = 1). Relay's settings: None =
 # the relay mode's own default (training/eval/modes.py).
 FULL = {"validation": 100, "test": 300, "test_curves": False, "relay_settings": (None, 0.1, 0.03), "random_p": (0.05, 0.1, 0.2, 0.4, 0.6, 0.8),
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from relayllm.training.models.defaults import default_models
 
-    say("then the built-in benchmark. default models: building or reusing the cache ...")
+    say("then the built-in benchmark. default models: from the cache, the shipped pack, or built ...")
     models = default_models(progress=progress)
     build_s = time.perf_counter() - started - (live["total_s"] if live else 0.0)
     say(f"default models ready in {build_s:.0f} s: llm={models.llm} slm={models.slm} relay_slm={models.relay_slm} "

@@ -289,8 +289,14 @@ class local_cloud:
         argv = [sys.executable, "-m", "relayllm.protos.cli", "serve", "--model", self.llm_gguf, "--port", "0",
                 "--backend", "llama.cpp-contexts", "--log-level", "WARNING"]
         self._log = tempfile.TemporaryFile(mode="w+")  # the server's stderr, shown if it fails to start
+        from relayllm.cloud.settings import SERVE_KEYS, SERVER_KEYS
+
+        # a private loopback server: none of the user's `relayllm serve` settings from the
+        # environment (tokens, TLS, a port, a config file) apply to it
+        own = {f"RELAYLLM_{k.upper()}" for k in SERVE_KEYS + SERVER_KEYS} | {"RELAYLLM_TOKENS", "RELAYLLM_CONFIG"}
+        env = {k: v for k, v in os.environ.items() if k not in own}
         self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**env, "PYTHONUNBUFFERED": "1"})
         lines: list[str] = []  # the first line says where it listens (read with a time limit)
         reader = threading.Thread(target=lambda: lines.append(self._process.stdout.readline()), daemon=True)
         reader.start()
@@ -307,7 +313,8 @@ class local_cloud:
         if self._log is None:
             return ""
         self._log.seek(0)
-        return " ".join(self._log.read().strip().splitlines()[-3:])
+        lines = self._log.read().strip().splitlines()
+        return lines[-1] if lines else ""  # `relayllm serve` says why in its last line
 
     def _stop(self) -> None:
         import signal
