@@ -240,3 +240,21 @@ def test_models_unpacked_from_an_older_pack_are_built_afresh(unpacked, monkeypat
     with pytest.raises(BuildStarted):
         defaults.default_models(progress=False)
     assert not (unpacked.root / "manifest.json").exists()
+
+
+def test_a_pack_made_from_a_cache_unpacks_to_the_same_files(unpacked, tmp_path, monkeypatch):
+    """shipped_pack.pack then unpack_into, here into a scratch folder (not the committed pack)."""
+    from relayllm.training.models import shipped_pack
+
+    monkeypatch.setattr(shipped_pack, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setattr(shipped_pack, "ARCHIVE", tmp_path / "shipped" / "default-models.tar.xz")
+    monkeypatch.setattr(shipped_pack, "MANIFEST", tmp_path / "shipped" / "default-models.json")
+    meta = shipped_pack.pack(unpacked.root)
+    assert shipped_pack.problems() == [] and meta["files"]["llm"] == "llm-q8_0.gguf" and meta["build_s"] > 0
+    again = shipped_pack.unpack_into(tmp_path / "again")
+    for key in shipped_pack.FILE_KEYS:
+        assert (tmp_path / "again" / again[key]).read_bytes() == (unpacked.root / again[key]).read_bytes()
+    shipped_pack.ARCHIVE.write_bytes(shipped_pack.ARCHIVE.read_bytes()[:-1])  # a cut archive is refused
+    assert shipped_pack.problems() == ["default-models.tar.xz is not the archive default-models.json names"]
+    with pytest.raises(SystemExit, match="no models in"):
+        shipped_pack.pack(tmp_path / "shipped")

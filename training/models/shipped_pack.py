@@ -92,11 +92,13 @@ def unpack_into(root: Path) -> dict:
     return manifest
 
 
-def pack(root: str | Path, *, build_s: float | None = None) -> dict:
+def pack(root: str | Path) -> dict:
     """Write the archive and its manifest from a cache folder that default_models() built."""
     from relayllm.training.eval.machine import git_commit, machine_info
 
     root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise SystemExit(f"error: no models in {root} (no manifest.json): give a folder default_models() built")
     data = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     missing = [key for key in FILE_KEYS if not data.get(key) or not (root / data[key]).is_file()]
     if missing:
@@ -104,8 +106,9 @@ def pack(root: str | Path, *, build_s: float | None = None) -> dict:
     info = data.get("info", {})
     stage_s = {k: info.get(k) for k in ("pair_build_s", "relay_warmup_s", "relay_grpo_s", "relay_build_s")}
     stage_s["routers_s"] = info.get("routers", {}).get("build_s")
-    if build_s is None and None not in (stage_s["pair_build_s"], stage_s["relay_build_s"], stage_s["routers_s"]):
-        build_s = stage_s["pair_build_s"] + stage_s["relay_build_s"] + stage_s["routers_s"]  # as the build timed it
+    build_s = None  # the build's own time: the sum of its stages (pair, relay, routers) as it timed them
+    if None not in (stage_s["pair_build_s"], stage_s["relay_build_s"], stage_s["routers_s"]):
+        build_s = stage_s["pair_build_s"] + stage_s["relay_build_s"] + stage_s["routers_s"]
     if info.get("recipe") != todays_recipes()["pair"] or info.get("relay_recipe") != todays_recipes()["relay"]:
         raise SystemExit(f"error: {root} was built with other recipes than today's ({REBUILD})")
     packed = {**data, **{key: None for key in HF_KEYS}}
@@ -126,7 +129,8 @@ def pack(root: str | Path, *, build_s: float | None = None) -> dict:
         "files": {key: data[key] for key in FILE_KEYS},
         "accuracy_on_test": {"llm_gguf": info.get("llm", {}).get("gguf_test_accuracy"),
                              "slm_gguf": info.get("slm", {}).get("gguf_test_accuracy")},
-        "build_s": build_s, "stage_s": stage_s, "packed_at_commit": git_commit(), "packed_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "build_s": build_s, "stage_s": stage_s, "packed_at_commit": git_commit(),
+        "packed_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine_info(), "rebuild": REBUILD,
     }
     MANIFEST.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -134,28 +138,22 @@ def pack(root: str | Path, *, build_s: float | None = None) -> dict:
 
 
 def build() -> dict:
-    """Train every default model afresh in a scratch cache (the pack unused), then pack them."""
-    import os
-
+    """Train every default model (the pack unused) into the model cache, then pack them. A
+    cache folder that already holds a build of today's recipes is packed as it is; one that
+    was unpacked from the pack is trained afresh."""
+    from relayllm.edge.models import cache_dir
     from relayllm.training.models import defaults
 
-    with tempfile.TemporaryDirectory(prefix="relayllm-pack-") as cache:
-        before = os.environ.get("RELAYLLM_CACHE")
-        os.environ["RELAYLLM_CACHE"] = cache
-        try:
-            started = time.perf_counter()
-            models = defaults.default_models(progress=True, use_pack=False)
-            return pack(models.root, build_s=time.perf_counter() - started)
-        finally:
-            if before is None:
-                os.environ.pop("RELAYLLM_CACHE", None)
-            else:
-                os.environ["RELAYLLM_CACHE"] = before
+    manifest = cache_dir() / "default-models" / defaults.recipe_hash(SEED) / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("info", {}).get("from_pack"):
+        manifest.unlink()  # the folder is rebuilt in place (defaults.py overwrites every file)
+    models = defaults.default_models(progress=True, seed=SEED, use_pack=False)
+    return pack(models.root)  # the build time is the sum of the stages' own times
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relayllm.training.models.shipped_pack",
-                                     description=__doc__.split("\n")[0])
+                                     description="Check, pack or rebuild the built-in benchmark's shipped models.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="train the default models afresh (about 10 minutes on 2 cores) and pack them")
     p = sub.add_parser("pack", help="pack a cache folder that default_models() built with today's recipes")
