@@ -9,6 +9,7 @@ questions keep it quick.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,10 @@ def test_labels_call_on_arithmetic_and_not_on_wording():
     labels = pair.citer_labels([1, 2, 7, 3, 5], [1, 4, 8, 3, 7], decisive)
     # agree / wording / digit vs digit / agree / word vs digit
     assert labels.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
+    # labels = "any" (CITER's own shortcut): every departure is the LLM's
+    assert pair.citer_labels([1, 2, 7, 3, 5], [1, 4, 8, 3, 7], lambda t: True).tolist() == [0.0, 1.0, 1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="labels must be"):
+        pair.PairRouterRecipe(labels="wording")
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +101,34 @@ def test_a_second_build_reads_the_llms_paths_from_its_cache(pair_router, monkeyp
 def test_cli_says_what_is_wrong_in_one_line(capsys):
     assert pair.main(["--out", "unused", "--questions", "1"]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+SHIPPED = Path(pair.__file__).resolve().parent / "shipped" / "citer-qwen2.5-coder-pair"
+
+
+def test_the_shipped_pair_router_is_of_todays_recipe_and_runs_on_the_slm():
+    """The router the README's GSM8K table uses: fails when the recipe changes and the router
+    is not rebuilt with it (python -m relayllm.training.routers.pair)."""
+    import hashlib
+    from dataclasses import asdict
+
+    from relayllm.edge.models import quiet_llama
+    from relayllm.edge.token_router import TokenRouter
+
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    assert manifest["recipe"] == asdict(pair.PairRouterRecipe())
+    assert hashlib.sha256((SHIPPED / "citer.onnx").read_bytes()).hexdigest() == manifest["sha256"]
+    report = json.loads((SHIPPED / "report.json").read_text())
+    assert report["recipe"] == manifest["recipe"] and report["slm"] == registry.pull(registry.DEFAULT_SLM).name
+    llama = quiet_llama(model_path=str(registry.pull(registry.DEFAULT_SLM, progress=False)), n_ctx=64, embedding=True)
+    router = TokenRouter(SHIPPED / "citer.onnx", 0.5, llama=llama)
+    assert router.mode == "citer" and router.spec.hidden_size == llama.n_embd() == 896
+
+
+def test_the_suite_takes_a_citer_router_only_for_the_whole_table(capsys):
+    from relayllm.protos.cli import main
+
+    assert main(["eval", "--suite", "gsm8k", "--mode", "slm", "--citer-router", str(SHIPPED / "citer.onnx")]) == 2
+    assert "--mode all" in capsys.readouterr().err
+    assert main(["eval", "--suite", "gsm8k", "--mode", "all", "--citer-router", "missing.onnx"]) == 2
+    assert "no such file" in capsys.readouterr().err
