@@ -5,9 +5,10 @@ for the cloud from the model registry (protos/registry.py), serves the 1.5B with
 project's cloud on loopback, and lets the 0.5B answer a few questions from GSM8K's training
 pool (never the subsets the tables report) through the edge SDK. Who decides when the cloud
 writes: a confidence router (the LLM writes a token where the SLM's top probability is
-below the threshold), because no relay SLM is trained for this pair yet (issue "Relay
-training at real size"). Every piece is printed as it comes, the cloud's marked, then each
-answer's LLM share and whether it is right.
+below the threshold), because the relay SLM trained for this pair (qwen2.5-coder-0.5b-relay)
+does not yet answer better than the 0.5B alone (README, "Relay training on the pair"), and
+pulling it builds its GGUF (minutes). Every piece is printed as it comes, the cloud's marked,
+then each answer's LLM share and whether it is right.
 
 Not here: the table (training/demo.py runs the built-in benchmark after this).
 """
