@@ -19,7 +19,7 @@ def mini_result(smollm2_path, tmp_path_factory):
                footprint_tokens=8, calls=3, call_tokens=4, levels=[1, 3], load_calls=2, load_tokens=6,
                anchor_tokens=4, sweep_models={"SmolLM2-135M": str(smollm2_path)}, sweep_skipped="",
                gemma3=False, edge_sync_calls=2, endpoint_tokens=24, endpoint_rounds=2,
-               turn_tokens=8)
+               turn_tokens=8, sweep_rounds={"SmolLM2-135M": 2})
     result = bench.bench(cfg, progress=lambda msg: None)
     path = bench.write_results(result, tmp_path_factory.mktemp("bench"))
     return json.loads(path.read_text())
@@ -174,6 +174,31 @@ def test_cloud_sweep_against_llama_cpp_batched_decode(mini_result):
     f = _figure(mini_result, "SmolLM2-135M, 3 sessions: cloud decode tok/s")
     assert f["peer_name"] == "llama.cpp batched decode, 3 seq" and f["goal"] == ">= 0.8"
     assert "| SmolLM2-135M | 3 |" in mini_result["cloud"]["sweep_table"]
+    # two rounds, anchor and cloud alternating: each level shows the lower-middle round's pair
+    assert m["rounds"] == 2
+    for row in m["cloud"]:
+        assert len(row["vs_anchor_rounds"]) == 2 and row["vs_anchor"] == min(row["vs_anchor_rounds"])
+
+
+def test_the_sweep_shows_the_median_round_side_by_side():
+    """Per level, the anchor and cloud rows of one round (the one with the median ratio), not
+    the median anchor of one round beside the median cloud of another."""
+    from relayllm.training.bench.cloud_vs_anchor import median_rounds
+
+    def rounds(anchor_tok_s, cloud_tok_s, levels=(1, 4, 64)):
+        return ([{"sequences": n, "decode_tok_s": a, "step_s": 1 / a} for n, a in zip(levels, anchor_tok_s)],
+                [{"sessions": n, "decode_tok_s": c} for n, c in zip(levels, cloud_tok_s)])
+
+    measured = [rounds([100, 200, 250], [70, 190, 200]),   # ratios 0.70, 0.95, 0.80
+                rounds([140, 180], [126, 162], (1, 4)),    # 0.90, 0.90 (a later round: no 64 level)
+                rounds([120, 210], [96, 210], (1, 4))]     # 0.80, 1.00
+    anchors, clouds = median_rounds(measured)
+    assert [c["vs_anchor"] for c in clouds] == pytest.approx([0.80, 0.95, 0.80])
+    assert [a["decode_tok_s"] for a in anchors] == [120, 200, 250] and [c["decode_tok_s"] for c in clouds] == [96, 190, 200]
+    assert [c["round"] for c in clouds] == [3, 1, 1]
+    assert clouds[0]["vs_anchor_rounds"] == pytest.approx([0.70, 0.90, 0.80])
+    assert clouds[2]["vs_anchor_rounds"] == pytest.approx([0.80])
+    assert anchors[1]["vs_1"] == pytest.approx(200 / 120)
 
 
 def test_cli_refuses_a_missing_model(tmp_path, capsys):

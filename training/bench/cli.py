@@ -159,7 +159,7 @@ def _start_cloud(cfg: dict, *, max_sessions: int):
 
 def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     from relayllm.training.bench import cloud as bench_cloud
-    from relayllm.training.bench import cloud_scale
+    from relayllm.training.bench import cloud_vs_anchor
 
     out: dict = {}
     figs: list[Figure] = []
@@ -208,12 +208,13 @@ def run_cloud(cfg: dict, progress) -> tuple[dict, list[Figure]]:
     models = dict(cfg["sweep_models"])
     if cfg.get("sweep_skipped"):
         out["sweep_skipped"] = cfg["sweep_skipped"]
-    sweep = cloud_scale.against_anchor(models, levels=levels, calls_per_session=cfg["load_calls"],
+    sweep = cloud_vs_anchor.against_anchor(models, levels=levels, calls_per_session=cfg["load_calls"],
                                        max_tokens=cfg["load_tokens"], anchor_tokens=cfg["anchor_tokens"],
-                                       threads=cfg["threads"], gateway=cfg["gateway"], progress=progress)
+                                       threads=cfg["threads"], gateway=cfg["gateway"], progress=progress,
+                                       rounds=cfg["sweep_rounds"])
     out["sweep"] = sweep
-    out["sweep_table"] = cloud_scale.anchor_table(sweep)
-    figs += cloud_scale.anchor_figures(sweep, Figure.pair)
+    out["sweep_table"] = cloud_vs_anchor.anchor_table(sweep)
+    figs += cloud_vs_anchor.anchor_figures(sweep, Figure.pair)
     return out, figs
 
 
@@ -268,33 +269,13 @@ def _edge_sync(cfg: dict) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def sweep_models(llm: str | None) -> tuple[dict, str]:
-    """The models of the cloud sweep: SmolLM2-135M and the cloud LLM (--llm, else the registry's
-    default LLM when it is pulled); the reason when the second one is skipped."""
-    from relayllm.edge.models import smollm2_gguf
-
-    models = {"SmolLM2-135M": str(smollm2_gguf())}
-    if llm:
-        if Path(llm).resolve() != Path(models["SmolLM2-135M"]).resolve():
-            models[Path(llm).stem] = llm
-        return models, ""
-    try:
-        from relayllm.protos.registry import DEFAULT_LLM, installed_path
-    except ImportError:
-        return models, "the cloud LLM: no model registry here; give --llm MODEL.gguf"
-    found = installed_path(DEFAULT_LLM)
-    if found is None:
-        return models, (f"the cloud LLM ({DEFAULT_LLM}) is not pulled: `relayllm models pull {DEFAULT_LLM}` "
-                        "or --llm MODEL.gguf; the sweep ran on SmolLM2 only")
-    models[DEFAULT_LLM] = str(found)
-    return models, ""
-
-
 def config(quick: bool, args=None) -> dict:
     from relayllm.edge.models import smollm2_gguf
 
     slm = getattr(args, "slm", None) or str(smollm2_gguf())
     levels = getattr(args, "levels", None)
+    from relayllm.training.bench.cloud_vs_anchor import sweep_models
+
     models, skipped = sweep_models(getattr(args, "llm", None))
     return {
         "quick": quick,
@@ -312,7 +293,14 @@ def config(quick: bool, args=None) -> dict:
         "levels": [int(x) for x in levels.split(",")] if levels else ([1, 4] if quick else [1, 4, 16, 64]),
         "load_calls": 1,
         "load_tokens": 16 if quick else 64,  # tokens per Help call of the sweep: decode dominates it
-        "anchor_tokens": 8 if quick else 32,  # decode steps of the anchor at each level
+        # decode steps of the anchor at each level: SmolLM2 as many as a timed Help call writes
+        # (32 left its 1-sequence level 0.25 s); the 1.5B 32 (a second at one sequence already,
+        # and 64 would add 40 s to a bench that has to finish in 10 minutes)
+        "anchor_tokens": 8 if quick else {"SmolLM2-135M": 64},
+        # SmolLM2's sweep in 3 rounds (anchor and cloud alternating, the median shown): its
+        # 1-sequence anchor lasts half a second, and single runs' ratios moved 0.63-1.17 here;
+        # the 1.5B's steps are 30 ms and its ratios steadier, so one round (its 64 level is minutes)
+        "sweep_rounds": {"SmolLM2-135M": 1 if quick else 3},
         "sweep_models": models if not quick else {"SmolLM2-135M": models["SmolLM2-135M"]},
         "sweep_skipped": skipped if not quick else "quick: the sweep ran on SmolLM2 only",
         "gateway": bool(getattr(args, "gateway", False)),
@@ -329,21 +317,28 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
     started = time.perf_counter()
     result = {"machine": _machine(), "config": cfg, "figures": []}
     figures: list[Figure] = []
+    group_s = result["group_s"] = {}  # each group's wall time (the default run has 10 minutes)
     if only in (None, "edge"):
+        t = time.perf_counter()
         result["edge"], figs = run_edge(cfg, progress)
         figures += figs
+        group_s["edge"] = time.perf_counter() - t
     if only in (None, "local"):
+        t = time.perf_counter()
         try:
             result["local"], figs = run_local(cfg, progress)
         except (ImportError, RuntimeError) as exc:  # no endpoint extras, or the child failed
             result["local"], figs = {"error": str(exc)}, []
         figures += figs
+        group_s["local"] = time.perf_counter() - t
     if only in (None, "cloud"):
+        t = time.perf_counter()
         try:
             result["cloud"], figs = run_cloud(cfg, progress)
         except ImportError as exc:  # the cloud service is not installed (or not built yet)
             result["cloud"], figs = {"error": f"cloud service not importable: {exc}"}, []
         figures += figs
+        group_s["cloud"] = time.perf_counter() - t
     if only == "pair":  # only on request: two real models, a few minutes
         result["pair"], figs = run_pair(cfg, progress)
         figures += figs
@@ -356,6 +351,15 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
     result["wall_s"] = time.perf_counter() - started
     result["table"] = format_table(figures)
     return result
+
+
+def _group_times(result: dict) -> str:
+    """'edge 150 s, local 60 s, cloud 420 s (sweep: SmolLM2-135M 170 s, ...)'."""
+    parts = [f"{g} {s:.0f} s" for g, s in result.get("group_s", {}).items()]
+    sweep = result.get("cloud", {}).get("sweep", {}).get("models", {})
+    if sweep:
+        parts[-1] += " (sweep: " + ", ".join(f"{label} {m['wall_s']:.0f} s" for label, m in sweep.items()) + ")"
+    return ", ".join(parts)
 
 
 def write_results(result: dict, out_dir: Path) -> Path:
@@ -384,5 +388,5 @@ def run(args) -> int:
     for note in result["not_measured"]:
         print(f"not measured: {note}")
     print(f"\nload average before {m['loadavg_1_5_15'][0]}, after {m['loadavg_after'][0]} on {m['cpu_count']} cores; "
-          f"{result['wall_s']:.0f} s; {m['cpu_model']}; GPU: {m['gpu']}\nJSON: {path}")
+          f"{result['wall_s']:.0f} s ({_group_times(result)}); {m['cpu_model']}; GPU: {m['gpu']}\nJSON: {path}")
     return 0

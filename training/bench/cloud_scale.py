@@ -1,18 +1,14 @@
 """The cloud at scale, two sweeps measured in one run on this machine.
 
-`against_anchor` (what `relayllm bench` runs): the batched llama.cpp backend against the
-physical anchor, llama.cpp's own batched decode of the same GGUF (bench/cloud_anchor.py), at
-1/4/16/64 sessions / sequences: aggregate generated tok/s and p50/p95 Help latency with the
-clients in a separate process (bench/cloud.py load_in_child), calls of 64 tokens after the
-sessions' prompts were prefilled (untimed, as the anchor times its prefill apart), prefill
-throughput reported apart, forward passes per step (one probe, llama.cpp's graph callback);
-ratios cloud / anchor at each level and each level / 1 session. Optionally the same client
-sweep through the gateway in front of llama.cpp's llama-server --parallel.
+`against_anchor` (what `relayllm bench` runs; bench/cloud_vs_anchor.py): the batched llama.cpp
+backend against the physical anchor, llama.cpp's own batched decode of the same GGUF, at
+1/4/16/64 sessions / sequences. The client rows both sweeps share are here (`client_rows`:
+the SDK's own clients in a separate process, bench/cloud.py load_in_child).
 
 `sweep` (`relayllm bench --only cloud-scale`): every backend at each level, and the
 gateway's added latency per call against calling the engine directly.
 
-    python -m relayllm.training.bench.cloud_scale --anchor [--llm MODEL.gguf] [--levels 1 4 16 64]
+    python -m relayllm.training.bench.cloud_scale --anchor [--llm MODEL.gguf] [--levels 1 4 16 64] [--rounds 3]
     python -m relayllm.training.bench.cloud_scale [--levels 1 4 16] [--out runs/cloud_scale.json]
 
 Backends: "llama.cpp" (sessions decoded together in one batch), "llama.cpp-contexts" (a
@@ -117,7 +113,7 @@ def sweep(gguf, *, backends=("llama.cpp", "llama.cpp-contexts", "openai-gateway"
     return out
 
 
-def _server_config(levels):
+def server_config(levels):
     from relayllm.cloud.config import ServerConfig
 
     top = max(levels)
@@ -125,7 +121,7 @@ def _server_config(levels):
                         max_calls_per_tenant=2 * top, max_queue_s=600, max_call_s=600, max_tokens_per_call=256)
 
 
-def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, progress, label: str, engine=None,
+def client_rows(target, levels, *, calls_per_session: int, max_tokens: int, progress, label: str, engine=None,
                  prompt: str = SWEEP_PROMPT, delta_chars: int = 40, prefill_first: bool = False):
     """The same child-process load at every level; with `engine` (a BatchEngine) its step counters too.
     prefill_first: the sessions' prompts are prefilled before the clock starts (run_load), so the
@@ -162,130 +158,6 @@ def _client_rows(target, levels, *, calls_per_session: int, max_tokens: int, pro
         row["tok_s_vs_1"] = row["decode_tok_s"] / one["decode_tok_s"] if one["decode_tok_s"] else float("nan")
         row["p95_vs_1"] = row["latency_p95_s"] / one["latency_p95_s"] if one["latency_p95_s"] else float("nan")
     return rows
-
-
-def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, max_tokens: int = CALL_TOKENS,
-                   anchor_tokens: int = 32, threads: int | None = None, gateway: bool = False, progress=print,
-                   save=lambda result: None, model_levels: dict | None = None) -> dict:
-    """For each model ({label: gguf}): the anchor, the batched cloud and (gateway=True, where
-    llama-server is built) the gateway in front of llama-server --parallel, at every level
-    (model_levels: {label: levels} for a model that runs fewer). Every session's prompt is
-    prefilled before the clock starts and its calls send no new text (delta_chars=0), so the
-    timed calls decode only, as the anchor's timed steps do (its prefill is timed apart too)."""
-    from relayllm.cloud.backends.llamacpp import physical_cores
-    from relayllm.training.bench import cloud_anchor
-    from relayllm.training.bench.cloud_anchor import batched_decode
-    from relayllm.training.bench.fresh_process import in_fresh_process, say_in_child
-
-    threads = threads or physical_cores()
-    out: dict = {"machine": machine(), "levels": list(levels), "calls_per_session": calls_per_session,
-                 "max_tokens": max_tokens, "anchor_tokens": anchor_tokens, "threads": threads, "models": {}}
-    every = levels
-    for label, gguf in models.items():
-        levels = (model_levels or {}).get(label, every)
-        m = out["models"][label] = {"gguf": str(gguf), "levels": list(levels)}
-        # each in a fresh process: a process where llama.cpp has computed from one thread runs
-        # it slower from another (the anchor in the main thread, then the engine's thread: a
-        # 1-sequence step of SmolLM2 went from 6.8 to 10-11 ms)
-        m["anchor"] = in_fresh_process(batched_decode, str(gguf), tuple(levels), prompt=SWEEP_PROMPT,
-                                       decode_tokens=anchor_tokens, n_threads=threads, progress=say_in_child)
-        m["cloud"] = in_fresh_process(_batched_cloud_rows, str(gguf), tuple(levels), threads=threads,
-                                      calls_per_session=calls_per_session, max_tokens=max_tokens, label=label)
-        for row, anchor in zip(m["cloud"], m["anchor"]):
-            row["vs_anchor"] = row["decode_tok_s"] / anchor["decode_tok_s"]
-            anchor["vs_1"] = anchor["decode_tok_s"] / m["anchor"][0]["decode_tok_s"]
-            anchor["step_vs_1"] = anchor["step_s"] / m["anchor"][0]["step_s"]
-        progress(f"cloud: {label}, forward passes per step (probe)")
-        m["passes"] = cloud_anchor.passes_per_step(gguf, prompt=SWEEP_PROMPT, sessions=min(8, max(levels)), threads=threads)
-        if gateway:
-            m["gateway"] = _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label)
-        save(out)
-    return out
-
-
-def _batched_cloud_rows(gguf, levels, *, threads, calls_per_session, max_tokens, label):
-    """The batched cloud's rows of against_anchor (run in a fresh process)."""
-    from relayllm.cloud.backends.llamacpp_batched import BatchedLlamaCppBackend
-    from relayllm.cloud.harness import ServerThread
-    from relayllm.training.bench.fresh_process import say_in_child
-
-    backend = BatchedLlamaCppBackend(str(gguf), n_ctx=512, max_sessions=max(levels), n_threads=threads)
-    try:
-        with ServerThread(backend, config=_server_config(levels)) as server:
-            return _client_rows(server.target, levels, calls_per_session=calls_per_session, max_tokens=max_tokens,
-                                progress=say_in_child, label=f"{label} batched",
-                                engine=backend.engine, delta_chars=0, prefill_first=True)
-    finally:
-        backend.close()
-
-
-def _gateway_rows(gguf, levels, calls_per_session, max_tokens, threads, progress, label):
-    from relayllm.cloud.backends import backend_class
-    from relayllm.cloud.harness import ServerThread
-    from relayllm.training.bench.llama_server import LlamaServer, llama_server_binary
-
-    if llama_server_binary() is None:
-        return {"error": "no llama-server binary (.ci/setup builds it)"}
-    engine = LlamaServer(gguf, n_ctx=512, parallel=max(levels), threads=threads)
-    backend = backend_class("openai-gateway")(engine.url, model=engine.alias, tokenizer=gguf, n_ctx=512,
-                                              max_sessions=max(levels))
-    try:
-        with ServerThread(backend, config=_server_config(levels)) as server:
-            return _client_rows(server.target, levels, calls_per_session=calls_per_session, max_tokens=max_tokens,
-                                progress=progress, label=f"{label} gateway -> llama-server --parallel {max(levels)}",
-                                delta_chars=0, prefill_first=True)
-    finally:
-        backend.close()
-        engine.stop()
-
-
-def anchor_figures(result: dict, pair) -> list:
-    """against_anchor as `relayllm bench` figures, with the issue's goals."""
-    figs = []
-    for label, m in result["models"].items():
-        for row, anchor in zip(m["cloud"], m["anchor"]):
-            n = row["sessions"]
-            goal = {"goal": ">= 0.9", "goal_min": 0.9} if n == 1 else {"goal": ">= 0.8", "goal_min": 0.8}
-            figs.append(pair("cloud", f"{label}, {n} sessions: cloud decode tok/s", row["decode_tok_s"],
-                             f"llama.cpp batched decode, {n} seq", anchor["decode_tok_s"], "tok/s", **goal))
-        one = m["cloud"][0]
-        for row in m["cloud"][1:]:
-            figs.append(pair("cloud", f"{label}, {row['sessions']} sessions: cloud decode tok/s vs 1 session",
-                             row["decode_tok_s"], "1 session", one["decode_tok_s"], "tok/s"))
-            goal = {"goal": "<= 3", "goal_max": 3} if row["sessions"] == 16 else {}
-            figs.append(pair("cloud", f"{label}, {row['sessions']} sessions: Help p95 ({result['max_tokens']} tok)",
-                             row["latency_p95_s"] * 1e3, "1 session p95", one["latency_p95_s"] * 1e3, "ms", **goal))
-        for row in m.get("gateway", []) if isinstance(m.get("gateway"), list) else []:
-            cloud = next(r for r in m["cloud"] if r["sessions"] == row["sessions"])
-            figs.append(pair("cloud", f"{label}, {row['sessions']} sessions: gateway -> llama-server tok/s",
-                             row["tokens_per_s"], "batched cloud (wall)", cloud["tokens_per_s"], "tok/s"))
-    return figs
-
-
-def anchor_table(result: dict) -> str:
-    lines = [f"machine: {result['machine']}; {result['threads']} llama.cpp threads; Help calls of "
-             f"{result['max_tokens']} tokens, {result['calls_per_session']} per session, clients in another process",
-             "| model | n | anchor decode tok/s | x vs 1 | cloud decode tok/s | cloud / anchor | x vs 1 | "
-             "cloud tok/s (wall) | p50 s | p95 s | p95 vs 1 | anchor step vs 1 | tokens/step | prefill tok/s | "
-             "gateway tok/s (wall) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, m in result["models"].items():
-        gateway = {r["sessions"]: r for r in m.get("gateway", [])} if isinstance(m.get("gateway"), list) else {}
-        for row, a in zip(m["cloud"], m["anchor"]):
-            g = gateway.get(row["sessions"])
-            lines.append(f"| {label} | {row['sessions']} | {a['decode_tok_s']:.1f} | {a['vs_1']:.2f} | "
-                         f"{row['decode_tok_s']:.1f} | {row['vs_anchor']:.2f} | {row['tok_s_vs_1']:.2f} | "
-                         f"{row['tokens_per_s']:.1f} | {row['latency_p50_s']:.2f} | {row['latency_p95_s']:.2f} | {row['p95_vs_1']:.2f} | "
-                         f"{a['step_vs_1']:.2f} | {row['decode_tokens_per_step']:.1f} | {row['prefill_tok_s']:.0f} | "
-                         f"{'-' if g is None else format(g['tokens_per_s'], '.1f')} |")
-        p = m["passes"]
-        lines.append(f"{label}: {p['passes_per_decode_step']:.2f} forward passes per decode step with "
-                     f"{p['sessions']} sessions decoding ({p['decode_tokens_per_step']:.1f} tokens per step; "
-                     f"{p.get('passes_per_id_run', float('nan')):.2f} per run of consecutive sequence ids; "
-                     f"llama.cpp's graph callback)")
-        if isinstance(m.get("gateway"), dict):
-            lines.append(f"{label} gateway: {m['gateway']['error']}")
-    return "\n".join(lines)
 
 
 def gateway_overhead(engine, backend, *, calls: int = 12, max_tokens: int = 8) -> dict:
@@ -377,14 +249,22 @@ def main(argv=None) -> int:
     parser.add_argument("--llm", type=Path, help="--anchor: a second GGUF to sweep beside SmolLM2")
     parser.add_argument("--llm-levels", type=int, nargs="+", help="--anchor: the levels of --llm (default --levels)")
     parser.add_argument("--gateway", action="store_true", help="--anchor: also through the gateway -> llama-server")
+    parser.add_argument("--rounds", type=int, default=3, help="--anchor: rounds of SmolLM2 (default 3; its 0.25 s "
+                        "anchor moves from run to run); --llm runs --llm-rounds")
+    parser.add_argument("--llm-rounds", type=int, default=1, help="--anchor: rounds of --llm (default 1)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.llm_rounds < 1:
+        parser.error("--rounds and --llm-rounds must be at least 1")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.anchor:
+        from relayllm.training.bench.cloud_vs_anchor import against_anchor, anchor_table
+
         models = {"SmolLM2-135M": smollm2_gguf(), **({args.llm.stem: args.llm} if args.llm else {})}
         result = against_anchor(models, levels=args.levels, calls_per_session=args.calls or 1,
                                 model_levels={args.llm.stem: args.llm_levels} if args.llm and args.llm_levels else None,
                                 max_tokens=args.max_tokens or CALL_TOKENS, threads=args.threads,
                                 gateway=args.gateway, progress=lambda m: print(m, flush=True),
+                                rounds={"SmolLM2-135M": args.rounds, **({args.llm.stem: args.llm_rounds} if args.llm else {})},
                                 save=lambda r: args.out.write_text(json.dumps(r, indent=2)))
         print(anchor_table(result))
         return 0
