@@ -199,6 +199,9 @@ def test_the_sweep_shows_the_median_round_side_by_side():
     assert clouds[0]["vs_anchor_rounds"] == pytest.approx([0.70, 0.90, 0.80])
     assert clouds[2]["vs_anchor_rounds"] == pytest.approx([0.80])
     assert anchors[1]["vs_1"] == pytest.approx(200 / 120)
+    # one level past the later rounds' levels: one round, and nothing to take a median of
+    anchors, clouds = median_rounds([rounds([250], [200], (64,))])
+    assert clouds[0]["vs_anchor_rounds"] == pytest.approx([0.80]) and clouds[0]["round"] == 1
 
 
 def test_cli_refuses_a_missing_model(tmp_path, capsys):

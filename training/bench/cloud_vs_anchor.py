@@ -63,6 +63,8 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
         measured = []  # (anchor rows, cloud rows) of each round
         for r in range(n_rounds):
             at = tuple(levels) if r == 0 else tuple(n for n in levels if n <= round_levels_max)
+            if not at:  # every level is past round_levels_max: one round
+                break
             if n_rounds > 1:
                 progress(f"cloud: {label}, round {r + 1} of {n_rounds} (anchor, then cloud) at {list(at)} sessions")
             anchor_rows = in_fresh_process(batched_decode, str(gguf), at, prompt=SWEEP_PROMPT,
@@ -70,7 +72,7 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
             cloud_rows = in_fresh_process(_batched_cloud_rows, str(gguf), at, threads=threads,
                                           calls_per_session=calls_per_session, max_tokens=max_tokens, label=label)
             measured.append((anchor_rows, cloud_rows))
-        m["rounds"] = n_rounds
+        m["rounds"] = len(measured)
         m["anchor"], m["cloud"] = median_rounds(measured)
         progress(f"cloud: {label}, forward passes per step (probe)")
         m["passes"] = cloud_anchor.passes_per_step(gguf, prompt=SWEEP_PROMPT, sessions=min(8, max(levels)), threads=threads)
@@ -84,8 +86,8 @@ def against_anchor(models: dict, *, levels=LEVELS, calls_per_session: int = 1, m
 def median_rounds(measured: list[tuple[list, list]]) -> tuple[list, list]:
     """Per level (the first round's levels; a later round may have fewer), the (anchor row,
     cloud row) of the round whose cloud / anchor ratio is the median (the lower middle of an
-    even count), with every round's ratio in "vs_anchor_rounds"; x vs 1 of the anchor is then
-    taken between the chosen rows."""
+    even count), with every round's ratio in "vs_anchor_rounds"; x vs 1 (anchor and cloud) is
+    then taken between the rows shown."""
     anchors, clouds = [], []
     for first in measured[0][0]:
         n = first["sequences"]
@@ -97,9 +99,12 @@ def median_rounds(measured: list[tuple[list, list]]) -> tuple[list, list]:
         cloud.update(vs_anchor=ratios[k], vs_anchor_rounds=ratios, round=round_)
         anchors.append(anchor)
         clouds.append(cloud)
-    for anchor in anchors:
+    for anchor, cloud in zip(anchors, clouds):
         anchor["vs_1"] = anchor["decode_tok_s"] / anchors[0]["decode_tok_s"]
         anchor["step_vs_1"] = anchor["step_s"] / anchors[0]["step_s"]
+        if "latency_p95_s" in cloud:
+            cloud["tok_s_vs_1"] = cloud["decode_tok_s"] / clouds[0]["decode_tok_s"]
+            cloud["p95_vs_1"] = cloud["latency_p95_s"] / clouds[0]["latency_p95_s"]
     return anchors, clouds
 
 
