@@ -223,3 +223,11 @@ def test_cloud_scale_section_measures_every_backend_at_every_level(smollm2_path)
     assert sum(name.endswith("2 sessions: generated tok/s") for name in names) == 3
     gateway = next(f for f in result["figures"] if f["name"] == "Help through the gateway (median)")
     assert gateway["ratio"] > 0 and gateway["goal"] == "<= 1.1"
+
+
+def test_the_last_line_says_each_groups_time(mini_result):
+    """The default run has 10 minutes: its last line says where they went; a run of one group
+    on request (pair) has no group times and says nothing more."""
+    line = bench._group_times(mini_result)
+    assert line.startswith(" (edge ") and ", local " in line and ", cloud " in line and "(sweep: SmolLM2-135M " in line
+    assert bench._group_times({"group_s": {}, "pair": {}}) == ""

@@ -271,11 +271,10 @@ def _edge_sync(cfg: dict) -> dict:
 
 def config(quick: bool, args=None) -> dict:
     from relayllm.edge.models import smollm2_gguf
+    from relayllm.training.bench.cloud_vs_anchor import sweep_models
 
     slm = getattr(args, "slm", None) or str(smollm2_gguf())
     levels = getattr(args, "levels", None)
-    from relayllm.training.bench.cloud_vs_anchor import sweep_models
-
     models, skipped = sweep_models(getattr(args, "llm", None))
     return {
         "quick": quick,
@@ -354,12 +353,13 @@ def bench(cfg: dict, only: str | None = None, progress=print) -> dict:
 
 
 def _group_times(result: dict) -> str:
-    """'edge 150 s, local 60 s, cloud 420 s (sweep: SmolLM2-135M 170 s, ...)'."""
+    """' (edge 150 s, local 60 s, cloud 420 s (sweep: SmolLM2-135M 170 s, ...))', or '' when
+    the run was one group on request (pair, cloud-scale)."""
     parts = [f"{g} {s:.0f} s" for g, s in result.get("group_s", {}).items()]
     sweep = result.get("cloud", {}).get("sweep", {}).get("models", {})
-    if sweep:
+    if sweep and "cloud" in result.get("group_s", {}):
         parts[-1] += " (sweep: " + ", ".join(f"{label} {m['wall_s']:.0f} s" for label, m in sweep.items()) + ")"
-    return ", ".join(parts)
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def write_results(result: dict, out_dir: Path) -> Path:
@@ -388,5 +388,5 @@ def run(args) -> int:
     for note in result["not_measured"]:
         print(f"not measured: {note}")
     print(f"\nload average before {m['loadavg_1_5_15'][0]}, after {m['loadavg_after'][0]} on {m['cpu_count']} cores; "
-          f"{result['wall_s']:.0f} s ({_group_times(result)}); {m['cpu_model']}; GPU: {m['gpu']}\nJSON: {path}")
+          f"{result['wall_s']:.0f} s{_group_times(result)}; {m['cpu_model']}; GPU: {m['gpu']}\nJSON: {path}")
     return 0
