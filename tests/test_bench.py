@@ -187,7 +187,7 @@ def test_the_sweep_shows_the_median_round_side_by_side():
 
     def rounds(anchor_tok_s, cloud_tok_s, levels=(1, 4, 64)):
         return ([{"sequences": n, "decode_tok_s": a, "step_s": 1 / a} for n, a in zip(levels, anchor_tok_s)],
-                [{"sessions": n, "decode_tok_s": c} for n, c in zip(levels, cloud_tok_s)])
+                [{"sessions": n, "decode_tok_s": c, "latency_p95_s": 64 * n / c} for n, c in zip(levels, cloud_tok_s)])
 
     measured = [rounds([100, 200, 250], [70, 190, 200]),   # ratios 0.70, 0.95, 0.80
                 rounds([140, 180], [126, 162], (1, 4)),    # 0.90, 0.90 (a later round: no 64 level)
@@ -199,6 +199,8 @@ def test_the_sweep_shows_the_median_round_side_by_side():
     assert clouds[0]["vs_anchor_rounds"] == pytest.approx([0.70, 0.90, 0.80])
     assert clouds[2]["vs_anchor_rounds"] == pytest.approx([0.80])
     assert anchors[1]["vs_1"] == pytest.approx(200 / 120)
+    assert clouds[1]["tok_s_vs_1"] == pytest.approx(190 / 96)  # between the rows shown
+    assert clouds[1]["p95_vs_1"] == pytest.approx((64 * 4 / 190) / (64 / 96))
     # one level past the later rounds' levels: one round, and nothing to take a median of
     anchors, clouds = median_rounds([rounds([250], [200], (64,))])
     assert clouds[0]["vs_anchor_rounds"] == pytest.approx([0.80]) and clouds[0]["round"] == 1

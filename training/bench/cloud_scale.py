@@ -122,7 +122,7 @@ def server_config(levels):
 
 
 def client_rows(target, levels, *, calls_per_session: int, max_tokens: int, progress, label: str, engine=None,
-                 prompt: str = SWEEP_PROMPT, delta_chars: int = 40, prefill_first: bool = False):
+                prompt: str = SWEEP_PROMPT, delta_chars: int = 40, prefill_first: bool = False):
     """The same child-process load at every level; with `engine` (a BatchEngine) its step counters too.
     prefill_first: the sessions' prompts are prefilled before the clock starts (run_load), so the
     timed calls decode only and their wall time is decode time."""
@@ -249,8 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--llm", type=Path, help="--anchor: a second GGUF to sweep beside SmolLM2")
     parser.add_argument("--llm-levels", type=int, nargs="+", help="--anchor: the levels of --llm (default --levels)")
     parser.add_argument("--gateway", action="store_true", help="--anchor: also through the gateway -> llama-server")
-    parser.add_argument("--rounds", type=int, default=3, help="--anchor: rounds of SmolLM2 (default 3; its 0.25 s "
-                        "anchor moves from run to run); --llm runs --llm-rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="--anchor: rounds of SmolLM2 (default 3; its half-second "
+                        "one-sequence anchor moves from run to run); --llm runs --llm-rounds")
     parser.add_argument("--llm-rounds", type=int, default=1, help="--anchor: rounds of --llm (default 1)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.llm_rounds < 1:
