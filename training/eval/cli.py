@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--citer-router", metavar="ONNX",
                         help="with --suite gsm8k --mode all: a CITER router for the pair (python -m "
                              "relayllm.training.routers.pair); adds the CITER row, its threshold chosen on validation")
+    parser.add_argument("--r2r-router", metavar="ONNX",
+                        help="with --suite gsm8k --mode all: an R2R router for the pair (python -m "
+                             "relayllm.training.routers.pair --router r2r); adds the R2R row, likewise")
     parser.add_argument("--router", metavar="ONNX", help="r2r / citer modes: the trained router file")
     parser.add_argument("--thresholds", type=float, nargs="+", metavar="T",
                         help="relay mode: calibration thresholds (the SLM writes <call> where its P(<call>) reaches "
@@ -96,12 +99,14 @@ def _check(args) -> None:
         raise TrainingError("--validation must be at least 1")
     if args.suite and args.data:
         raise TrainingError("give --suite or --data, not both")
-    if args.citer_router is not None:
+    for flag, mode, router in (("--citer-router", "citer", args.citer_router), ("--r2r-router", "r2r", args.r2r_router)):
+        if router is None:
+            continue
         if args.mode != "all":
-            raise TrainingError("--citer-router adds CITER to the whole table: give --suite gsm8k --mode all "
-                                "(one mode alone: --mode citer --router ONNX)")
-        if not Path(args.citer_router).is_file():
-            raise TrainingError(f"--citer-router: no such file: {args.citer_router}")
+            raise TrainingError(f"{flag} adds {mode.upper()} to the whole table: give --suite gsm8k --mode all "
+                                f"(one mode alone: --mode {mode} --router ONNX)")
+        if not Path(router).is_file():
+            raise TrainingError(f"{flag}: no such file: {router}")
     if args.budget_minutes is not None and args.budget_minutes <= 0:
         raise TrainingError("--budget-minutes must be positive")
     gsm8k_splits, builtin_splits = ("dev-test", "validation", "pool"), ("test", "validation")
@@ -190,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                                       slm=slm, out=args.out, thresholds=args.thresholds or suite.THRESHOLDS,
                                       say=lambda m: print(f"[eval] {m}", file=sys.stderr, flush=True),
                                       relay_slm=relay_slm, relay_context=args.command_context,
-                                      citer_router=args.citer_router)
+                                      routers={"citer": args.citer_router, "r2r": args.r2r_router})
             print((Path(args.out) / E.TABLE_FILE).read_text())
             print(f"evaluation {summary['eval_s'] / 60:.1f} min; wrote {args.out}/", file=sys.stderr)
             return 0

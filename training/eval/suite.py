@@ -16,10 +16,10 @@ registry):
 With a relay SLM (`--relay-slm GGUF`: `relayllm train` on training/relay/recipes/), its call
 threshold is chosen on validation by the same rule, and the development test gets relay at
 that setting plus the relay SLM alone (calls off), so that what calling adds and what the
-fine-tuning adds are told apart. With a CITER router for the pair (`--citer-router ONNX`:
-training/routers/pair.py), its threshold is chosen on validation by the same rule and the
-development test gets CITER at that threshold. R2R has no router for this pair yet: its row
-is said to be missing, never filled in.
+fine-tuning adds are told apart. With a CITER or an R2R router for the pair
+(`--citer-router ONNX`, `--r2r-router ONNX`: training/routers/pair.py), its threshold is
+chosen on validation by the same rule and the development test gets it at that threshold.
+A router not given is said to be missing from the table, never filled in.
 
 Every answer is appended to `<out>/records/` as it is made: an interrupted run (or one
 stopped by `--budget-minutes`) goes on where it stopped, and the committed records are what
@@ -42,14 +42,16 @@ RANDOM_P = (0.1, 0.3)
 # relay: None = the SLM's own greedy choice alone; else RelayDecoder's call_threshold (it
 # writes `<call>` where its probability of it reaches the threshold)
 RELAY_CALL_THRESHOLDS = (None, 0.1)
-# CITER: p_llm at which its router hands a token to the LLM
+# CITER, R2R: p_llm at which the router hands a token to the LLM
 ROUTER_THRESHOLDS = (0.5, 0.7, 0.9)
+ROUTER_NAMES = {"citer": "CITER", "r2r": "R2R"}
 
 
 def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLDS, ratio_cap: float | None = None,
               chunk: int = 10, say=print, relay_slm=None, relay_context: str | None = None,
-              citer_router=None) -> dict:
-    """Both passes (module doc) with the Evaluator `ev`; writes `<out>` and returns the summary."""
+              routers: dict | None = None) -> dict:
+    """Both passes (module doc) with the Evaluator `ev`; writes `<out>` and returns the summary.
+    `routers`: {"citer" | "r2r": ONNX file} of learned routers for the pair."""
     from relayllm.training import eval as E
 
     ratio_cap = E.RATIO_CAP if ratio_cap is None else ratio_cap
@@ -68,12 +70,14 @@ def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLD
         val["relay"] = [ev.run_relay(val_ex, relay_slm, t, relay_context) for t in RELAY_CALL_THRESHOLDS]
         relay_choice = E.choose(val["relay"], ratio_cap)
         say(f"chosen on validation: relay call_threshold {relay_choice.setting} ({relay_choice.reason})")
-    citer_choice = None
-    if citer_router is not None:
-        say(f"validation: CITER ({Path(citer_router).name}) at thresholds {ROUTER_THRESHOLDS}")
-        val["citer"] = [ev.run_learned_router(val_ex, slm, citer_router, t, "citer") for t in ROUTER_THRESHOLDS]
-        citer_choice = E.choose(val["citer"], ratio_cap)
-        say(f"chosen on validation: CITER threshold {citer_choice.setting:g} ({citer_choice.reason})")
+    routers = {m: f for m, f in (routers or {}).items() if f is not None}
+    router_choices = {}
+    for mode, router in routers.items():
+        say(f"validation: {ROUTER_NAMES[mode]} ({Path(router).name}) at thresholds {ROUTER_THRESHOLDS}")
+        val[mode] = [ev.run_learned_router(val_ex, slm, router, t, mode) for t in ROUTER_THRESHOLDS]
+        router_choices[mode] = E.choose(val[mode], ratio_cap)
+        say(f"chosen on validation: {ROUTER_NAMES[mode]} threshold {router_choices[mode].setting:g} "
+            f"({router_choices[mode].reason})")
     # 2) development test: what the table reports, grown in chunks so that a run cut short
     #    (or stopped by its budget) always leaves a table of every mode on the same questions
     step = max(1, min(chunk, len(test_ex)))
@@ -88,15 +92,15 @@ def run_table(ev, *, val_ex, test_ex, slm, out: str | Path, thresholds=THRESHOLD
         if relay_choice is not None:
             tst["relay"] = [ev.run_relay(part, relay_slm, relay_choice.setting, relay_context)]
             tst["relay-alone"] = [ev.run_relay_alone(part, relay_slm)]
-        if citer_choice is not None:
-            tst["citer"] = [ev.run_learned_router(part, slm, citer_router, citer_choice.setting, "citer")]
+        for mode, router in routers.items():
+            tst[mode] = [ev.run_learned_router(part, slm, router, router_choices[mode].setting, mode)]
         summary = _write(out, val, tst, choice, ratio_cap, time.perf_counter() - started, len(val_ex), len(part),
-                         relay_choice, citer_choice)
+                         relay_choice, router_choices)
     return summary
 
 
 def _write(out: Path, val: dict, tst: dict, choice, ratio_cap: float, eval_s: float, n_val: int, n_test: int,
-           relay_choice=None, citer_choice=None) -> dict:
+           relay_choice=None, router_choices=None) -> dict:
     from relayllm.training import eval as E
 
     for mode, runs in tst.items():
@@ -106,7 +110,7 @@ def _write(out: Path, val: dict, tst: dict, choice, ratio_cap: float, eval_s: fl
     summary = {"choice": choice.to_dict(), "ratio_cap": ratio_cap, "eval_s": eval_s,
                "n_validation": n_val, "n_test": n_test,
                "relay_choice": relay_choice.to_dict() if relay_choice is not None else None,
-               "citer_choice": citer_choice.to_dict() if citer_choice is not None else None}
+               **{f"{mode}_choice": c.to_dict() for mode, c in (router_choices or {}).items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     render(out)
     return summary
@@ -125,8 +129,8 @@ def render(out: str | Path) -> Path:
         by.setdefault(r.mode, []).append(r)
     slm, llm = by["slm"][0], by["llm"][0]
     rows = [slm, llm, *by.get("relay", []), *by.get("relay-alone", []), *by.get("confidence", []),
-            *by.get("citer", []), *by.get("query", []), *sorted(by.get("random", []), key=lambda r: r.setting)]
-    labels = [r.label + (" (chosen on validation)" if r.mode in ("confidence", "relay", "citer") else "") for r in rows]
+            *by.get("citer", []), *by.get("r2r", []), *by.get("query", []), *sorted(by.get("random", []), key=lambda r: r.setting)]
+    labels = [r.label + (" (chosen on validation)" if r.mode in ("confidence", "relay", "citer", "r2r") else "") for r in rows]
     best = by["confidence"][0]
     gap = E.gap_recovered(slm.accuracy, best.accuracy, llm.accuracy)
     headline = "\n".join(f"- {h}" for h in (
@@ -137,10 +141,9 @@ def render(out: str | Path) -> Path:
         *([f"gap recovered by relay: {E.fmt_fraction(E.gap_recovered(slm.accuracy, by['relay'][0].accuracy, llm.accuracy))} "
            f"at {by['relay'][0].llm_token_ratio:.1%} LLM tokens"] if by.get("relay") else
           ["relay: not in this table (no relay SLM given)"]),
-        *([f"gap recovered by CITER: {E.fmt_fraction(E.gap_recovered(slm.accuracy, by['citer'][0].accuracy, llm.accuracy))} "
-           f"at {by['citer'][0].llm_token_ratio:.1%} LLM tokens"] if by.get("citer") else
-          ["CITER: not in this table (no router given)"]),
-        "R2R: not in this table yet (no router trained for this pair)",
+        *(f"gap recovered by {name}: {E.fmt_fraction(E.gap_recovered(slm.accuracy, by[mode][0].accuracy, llm.accuracy))} "
+          f"at {by[mode][0].llm_token_ratio:.1%} LLM tokens" if by.get(mode) else
+          f"{name}: not in this table (no router given)" for mode, name in ROUTER_NAMES.items()),
         f"evaluation wall time: {summary['eval_s'] / 60:.0f} min on this machine (records resumed count their own time)",
     ))
     table = ("## Development test\n\n" + E.markdown_table(rows, llm=llm, labels=labels)

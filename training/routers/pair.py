@@ -1,6 +1,7 @@
-"""CITER for the real pair: a token router for the 0.5B on the device, labels from the 1.5B.
+"""CITER and R2R for the real pair: token routers for the 0.5B on the device, labels from the 1.5B.
 
     python -m relayllm.training.routers.pair --out runs/citer-pair [--questions 64]
+    python -m relayllm.training.routers.pair --router r2r --out runs/r2r-pair [--questions 64]
 
 The built-in pair's routers (training/models/defaults.py) label with both models in torch
 and teacher-force along the task's reference solutions. Neither carries over to the real
@@ -27,9 +28,14 @@ rollout to the end (~10 s here) at nearly every position. So CITER's shortcut ru
    the 151,936 x 896 table inside, the ONNX file would be 270 MB; without it, under 1 MB.
    Class-balanced BCE; precision, recall and the share fired on held-out questions.
 
-The router is written to <out>/citer.onnx with report.json; `relayllm eval --suite gsm8k
---mode all --citer-router <out>/citer.onnx` puts CITER in the pair's table (the threshold
-chosen on validation).
+R2R (`--router r2r`) runs steps 1, 2 and 4 alike; its labels (step 3) keep only the
+departures that change the outcome: the 1.5B writes on from the 0.5B's token, and a branch
+that ends wrong makes the position the LLM's (training/routers/pair_r2r.py; the branches
+are cached and resumable too).
+
+The router is written to <out>/citer.onnx (or r2r.onnx) with report.json; `relayllm eval
+--suite gsm8k --mode all --citer-router <out>/citer.onnx --r2r-router <out>/r2r.onnx` puts
+them in the pair's table (each threshold chosen on validation).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 DECISIVE = set("0123456789+-*/%\u00d7\u00f7")  # a token holding one of these is a step of the arithmetic
+ROUTERS = ("citer", "r2r")
 THRESHOLDS = (0.5, 0.7, 0.9)  # reported on held-out questions; the suite sweeps its own (suite.ROUTER_THRESHOLDS)
 
 
@@ -76,9 +83,12 @@ def citer_labels(slm_greedy, reference, decisive) -> np.ndarray:
 
 
 def build(out: str | Path, *, slm: str | Path, llm: str | Path, recipe: PairRouterRecipe = PairRouterRecipe(),
-          questions=None, progress: bool = True) -> dict:
+          questions=None, progress: bool = True, router: str = "citer") -> dict:
     """Steps 1-4 of the module doc; returns the report (also written to <out>/report.json).
-    `questions`: a QuestionSet (training/data/benchmark.py) instead of GSM8K's pool."""
+    `questions`: a QuestionSet (training/data/benchmark.py) instead of GSM8K's pool;
+    `router`: "citer" (CITER's shortcut labels) or "r2r" (labels from the LLM's branches)."""
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
 
     from relayllm.training.data import gsm8k
     from relayllm.training.data.benchmark import QuestionSet
@@ -119,31 +129,46 @@ def build(out: str | Path, *, slm: str | Path, llm: str | Path, recipe: PairRout
         return decisive_ids[token_id]
 
     spec = feature_spec_for(model, top_k=recipe.top_k, token_embedding=False)
-    parts, differ = [], 0
+    dense, greedy, differ = [], [], 0
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     for q in tqdm(solved, desc="the SLM reads the references (torch)", disable=not progress, mininterval=1.0):
         prompt, path = prompts[q], paths[q]
         feats = sequence_features(model, prompt + path, spec, start=len(prompt) - 1)
-        greedy = feats.greedy[: len(path)].tolist()
-        differ += sum(a != b for a, b in zip(greedy, path))
-        parts.append(RouterData(feats.dense[: len(path)], np.asarray(greedy, dtype=np.int64),
-                                citer_labels(greedy, path, decisive), np.full(len(path), q, dtype=np.int64)))
+        dense.append(feats.dense[: len(path)])
+        greedy.append(feats.greedy[: len(path)].tolist())
+        differ += sum(a != b for a, b in zip(greedy[-1], path))
     features_s = time.perf_counter() - t0
+    extra: dict = {}
+    if router == "r2r":
+        from relayllm.training.routers.pair_r2r import r2r_labels
+
+        t0 = time.perf_counter()
+        labels, extra = r2r_labels(llm, [prompts[q] for q in solved], [paths[q] for q in solved], greedy,
+                                   lambda k, ids: grade(tokenizer.decode(ids, skip_special_tokens=True),
+                                                        pairs[solved[k]][1]),
+                                   max_new_tokens=recipe.max_new_tokens, cache_file=out / "r2r_branches.jsonl",
+                                   stop_ids=(tokenizer.eos_token_id,), progress=progress)
+        extra["branches_s"] = time.perf_counter() - t0
+        say(f"R2R: {extra['divergent']} of {extra['departures']} departures change the outcome (divergent)")
+    else:
+        labels = [citer_labels(g, paths[q], decisive) for g, q in zip(greedy, solved)]
+    parts = [RouterData(d, np.asarray(g, dtype=np.int64), lab, np.full(len(g), q, dtype=np.int64))
+             for d, g, lab, q in zip(dense, greedy, labels, solved)]
     data = RouterData.concat(parts, spec)
     train, held = data.split(recipe.held_out, recipe.seed)
     net = train_router(train, spec, None, hidden=recipe.hidden, epochs=recipe.epochs, seed=recipe.seed,
                        progress=progress)
     report = {
-        "recipe": asdict(recipe), "slm": Path(slm).name, "llm": Path(llm).name,
+        "router": router, "recipe": asdict(recipe), "slm": Path(slm).name, "llm": Path(llm).name,
         "questions": len(pairs), "references": len(solved), "positions": len(data), "slm_differs": differ,
         "positives": int(data.label.sum()),
         "train": precision_recall(net, train),
         "held_out": {f"{t:g}": precision_recall(net, held, t) for t in THRESHOLDS},
-        "llm_paths_s": paths_s, "features_s": features_s,
+        "llm_paths_s": paths_s, "features_s": features_s, **extra,
     }
-    path = export_onnx(net, out / "citer.onnx", mode="citer", info={"report": report})
+    path = export_onnx(net, out / f"{router}.onnx", mode=router, info={"report": report})
     report["onnx_parity"] = export_parity(net, path)
     report["onnx_bytes"] = path.stat().st_size
     report["build_s"] = time.perf_counter() - started
@@ -160,7 +185,7 @@ def _pct(x) -> str:
 
 
 def say(msg: str) -> None:
-    print(f"[citer-pair] {msg}", file=sys.stderr, flush=True)
+    print(f"[router-pair] {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -168,7 +193,11 @@ def main(argv=None) -> int:
     from relayllm.protos.errors import ReadableError
 
     parser = argparse.ArgumentParser(prog="python -m relayllm.training.routers.pair", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (citer.onnx, report.json, the 1.5B's paths)")
+    parser.add_argument("--out", required=True, help="output folder (citer.onnx or r2r.onnx, report.json, the 1.5B's paths)")
+    parser.add_argument("--router", choices=ROUTERS, default="citer",
+                        help="citer: every departure from the 1.5B's right answer is the LLM's (CITER's shortcut); "
+                             "r2r: only departures after which the 1.5B, writing on, ends wrong (R2R; an LLM "
+                             "branch per departure, ~5 s each here)")
     parser.add_argument("--slm", default=registry.DEFAULT_SLM, help="the device SLM: registry name or GGUF")
     parser.add_argument("--llm", default=registry.DEFAULT_LLM, help="the cloud LLM: registry name or GGUF")
     parser.add_argument("--questions", type=int, default=PairRouterRecipe.questions, help="pool questions to label")
@@ -185,7 +214,7 @@ def main(argv=None) -> int:
         slm = registry.resolve_model(args.slm, progress=not args.no_progress)
         llm = registry.resolve_model(args.llm, progress=not args.no_progress)
         build(args.out, slm=slm, llm=llm, recipe=PairRouterRecipe(questions=args.questions, labels=args.labels),
-              progress=not args.no_progress)
+              progress=not args.no_progress, router=args.router)
     except ReadableError as exc:  # a model that cannot be pulled, a bad file: one line
         print(f"error: {exc}", file=sys.stderr)
         return 1
