@@ -32,36 +32,25 @@ def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_token
 
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.edge.models import quiet_llama
+    from relayllm.training.jsonl_cache import JsonlCache
 
-    cache: dict[str, list[int]] = {}
-    cache_path = Path(cache_file) if cache_file is not None else None
-    if cache_path is not None and cache_path.is_file():
-        for line in cache_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                cache[row["key"]] = row["ids"]
     keys = [_key(p, max_new_tokens) for p in prompts]
-    todo = [i for i, k in enumerate(keys) if k not in cache]
-    if todo:
-        # every physical core: nothing else runs while the paths are written (llama-cpp-python's
-        # own default is half the logical CPUs, one thread on a 2-core machine)
-        llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx, n_threads=physical_cores())
-        ends = {int(llm.token_eos()), *map(int, stop_ids)}
-        try:
-            out = cache_path.open("a") if cache_path is not None else None
-            for i in tqdm(todo, desc=desc, disable=not progress, mininterval=1.0):
-                ids: list[int] = []
-                llm.reset()
-                for token in llm.generate(prompts[i], temp=0.0, top_k=1, reset=True):
-                    ids.append(int(token))
-                    if token in ends or len(ids) >= max_new_tokens:
-                        break
-                cache[keys[i]] = ids
-                if out is not None:  # one line per question: a cut build keeps what it wrote
-                    out.write(json.dumps({"key": keys[i], "ids": ids}) + "\n")
-                    out.flush()
-        finally:
-            if todo and out is not None:
-                out.close()
-            llm.close()
-    return [cache[k] for k in keys]
+    with JsonlCache(cache_file) as cache:  # one line per question: a cut build keeps what it wrote
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if todo:
+            # every physical core: nothing else runs while the paths are written (llama-cpp-python's
+            # own default is half the logical CPUs, one thread on a 2-core machine)
+            llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx, n_threads=physical_cores())
+            ends = {int(llm.token_eos()), *map(int, stop_ids)}
+            try:
+                for i in tqdm(todo, desc=desc, disable=not progress, mininterval=1.0):
+                    ids: list[int] = []
+                    llm.reset()
+                    for token in llm.generate(prompts[i], temp=0.0, top_k=1, reset=True):
+                        ids.append(int(token))
+                        if token in ends or len(ids) >= max_new_tokens:
+                            break
+                    cache.add({"key": keys[i], "ids": ids})
+            finally:
+                llm.close()
+    return [cache[k]["ids"] for k in keys]

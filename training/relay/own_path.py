@@ -25,7 +25,6 @@ interrupted build goes on where it stopped; progress bars show the ETA.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from relayllm.training.errors import TrainingError
@@ -43,47 +42,43 @@ def first_numeric_divergence(answer: list[int], llm_greedy: list[int], numeric) 
     return None
 
 
-def _llm_reads(llm_gguf, prompts, answers, todo, *, max_new_tokens: int, stop_ids, numeric, cache_path: Path,
-               progress: bool) -> dict[int, dict]:
-    """Step 3 for the questions `todo`: {question index: {"t": divergence or None, "ids": the LLM's
-    continuation from there}}, appended to `cache_path` one line per question."""
+def _llm_reads(llm_gguf, prompts, answers, todo, *, max_new_tokens: int, stop_ids, numeric, cache,
+               progress: bool) -> None:
+    """Step 3 for the questions `todo`: a row {"question", "prompt", "t": divergence or None,
+    "ids": the LLM's continuation from there} per question, added to `cache` (a JsonlCache)."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.edge.models import quiet_llama
 
-    out: dict[int, dict] = {}
     if not todo:
-        return out
+        return
     llm = quiet_llama(model_path=str(llm_gguf), n_ctx=2048, n_threads=physical_cores(), logits_all=True)
     ends = {int(llm.token_eos()), *map(int, stop_ids)}
     try:
-        with cache_path.open("a") as cache:
-            for i in tqdm(todo, desc="LLM reads the SLM's wrong answers (llama.cpp)", disable=not progress,
-                          mininterval=1.0):
-                prompt, answer = prompts[i], answers[i]
-                llm.reset()
-                llm.eval(prompt + answer)
-                rows = np.asarray(llm.scores[len(prompt) - 1: len(prompt) - 1 + len(answer)])
-                t = first_numeric_divergence(answer, rows.argmax(-1).tolist(), numeric)
-                ids: list[int] = []
-                if t is not None:  # generate() reuses the evaluated prefix: only the new tokens cost
-                    for token in llm.generate(prompt + answer[:t], temp=0.0, top_k=1, reset=True):
-                        ids.append(int(token))
-                        if token in ends or t + len(ids) >= max_new_tokens:
-                            break
-                out[i] = {"t": t, "ids": ids}
-                cache.write(json.dumps({"question": i, "prompt": prompt, **out[i]}) + "\n")
-                cache.flush()
+        for i in tqdm(todo, desc="LLM reads the SLM's wrong answers (llama.cpp)", disable=not progress,
+                      mininterval=1.0):
+            prompt, answer = prompts[i], answers[i]
+            llm.reset()
+            llm.eval(prompt + answer)
+            rows = np.asarray(llm.scores[len(prompt) - 1: len(prompt) - 1 + len(answer)])
+            t = first_numeric_divergence(answer, rows.argmax(-1).tolist(), numeric)
+            ids: list[int] = []
+            if t is not None:  # generate() reuses the evaluated prefix: only the new tokens cost
+                for token in llm.generate(prompt + answer[:t], temp=0.0, top_k=1, reset=True):
+                    ids.append(int(token))
+                    if token in ends or t + len(ids) >= max_new_tokens:
+                        break
+            cache.add({"question": i, "prompt": prompt, "t": t, "ids": ids})
     finally:
         llm.close()
-    return out
 
 
 def own_examples(slm_gguf, llm_gguf, tokenizer, pairs: list[tuple[str, str]], out_dir: Path, *, grader, n_call: int,
                  max_new_tokens: int, progress: bool = True) -> list:
     """The strategy's WarmupExamples (module docstring) for (prompt text, answer) pairs."""
+    from relayllm.training.jsonl_cache import JsonlCache
     from relayllm.training.relay.checkpoints import command_ids
     from relayllm.training.relay.llm_paths import gguf_solutions
     from relayllm.training.relay.warmup import WarmupExample, _numeric, line_span
@@ -100,17 +95,11 @@ def own_examples(slm_gguf, llm_gguf, tokenizer, pairs: list[tuple[str, str]], ou
     answers = gguf_solutions(slm_gguf, prompts, max_new_tokens, cache_file=out_dir / SLM_ANSWERS_FILE,
                              progress=progress, stop_ids=stop, desc="SLM answers (llama.cpp, greedy)")
     right = [grader(tokenizer.decode(a, skip_special_tokens=True), ans) for a, (_, ans) in zip(answers, pairs)]
-    cache_path = out_dir / READS_FILE
-    reads: dict[int, dict] = {}
-    if cache_path.is_file():
-        for line in cache_path.read_text().splitlines():
-            row = json.loads(line)
-            if prompts[row["question"]] == row["prompt"]:  # a cache of other questions is not reused
-                reads[row["question"]] = row
-    todo = [i for i, ok in enumerate(right) if not ok and i not in reads]
-    reads.update(_llm_reads(llm_gguf, prompts, answers, todo, max_new_tokens=max_new_tokens, stop_ids=stop,
-                            numeric=lambda token: _numeric(tokenizer, token), cache_path=cache_path,
-                            progress=progress))
+    with JsonlCache(out_dir / READS_FILE, key="question") as reads:
+        todo = [i for i, ok in enumerate(right)  # a cached read of another question is done again
+                if not ok and not (i in reads and reads[i]["prompt"] == prompts[i])]
+        _llm_reads(llm_gguf, prompts, answers, todo, max_new_tokens=max_new_tokens, stop_ids=stop,
+                   numeric=lambda token: _numeric(tokenizer, token), cache=reads, progress=progress)
     examples = []
     for i, (prompt, answer) in enumerate(zip(prompts, answers)):
         if right[i]:

@@ -42,58 +42,41 @@ def r2r_labels(llm_gguf: str | Path, prompts: list[list[int]], references: list[
     LLM's greedy continuation to its end or `max_new_tokens` answer tokens in all."""
     from tqdm.auto import tqdm
 
-    cache: dict[str, bool] = {}
-    cache_path = Path(cache_file) if cache_file is not None else None
-    if cache_path is not None and cache_path.is_file():
-        for line in cache_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                cache[row["key"]] = bool(row["right"])
-    todo = []  # (question, position, key), in position order within a question (prefix reuse)
-    for q, (prompt, ref, mine) in enumerate(zip(prompts, references, slm_greedy)):
-        for i, (a, b) in enumerate(zip(mine, ref)):
-            if a != b:
-                key = branch_key(prompt, i, int(a), max_new_tokens)
-                if key not in cache:
-                    todo.append((q, i, key))
-    tokens_written = 0
-    if todo:
-        from relayllm.cloud.backends.llamacpp import physical_cores
-        from relayllm.edge.models import quiet_llama
+    from relayllm.training.jsonl_cache import JsonlCache
 
-        llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx, n_threads=physical_cores())
-        ends = {int(llm.token_eos()), *map(int, stop_ids)}
-        out = cache_path.open("a") if cache_path is not None else None
-        try:
-            for q, i, key in tqdm(todo, desc="R2R branches (the LLM writes on from each departure)",
-                                  disable=not progress, mininterval=1.0):
-                answer = list(references[q][:i]) + [int(slm_greedy[q][i])]
-                if answer[-1] not in ends:
-                    # reset=True with a shared prefix: llama-cpp-python re-reads only what changed
-                    for token in llm.generate(prompts[q] + answer, temp=0.0, top_k=1, reset=True):
-                        if len(answer) >= max_new_tokens:
-                            break
-                        answer.append(int(token))
-                        tokens_written += 1
-                        if token in ends:
-                            break
-                right = bool(is_right(q, answer))
-                cache[key] = right
-                if out is not None:  # one line per branch: a cut build keeps what it graded
-                    out.write(json.dumps({"key": key, "right": right, "tokens": len(answer)}) + "\n")
-                    out.flush()
-        finally:
-            if out is not None:
-                out.close()
-            llm.close()
-    labels, departures, divergent = [], 0, 0
-    for q, (prompt, ref, mine) in enumerate(zip(prompts, references, slm_greedy)):
-        row = np.zeros(len(ref), dtype=np.float32)
-        for i, (a, b) in enumerate(zip(mine, ref)):
-            if a != b:
-                departures += 1
-                row[i] = float(not cache[branch_key(prompt, i, int(a), max_new_tokens)])
-        divergent += int(row.sum())
-        labels.append(row)
-    return labels, {"departures": departures, "divergent": divergent, "branches_written": len(todo),
+    # every departure, as (question, position, key), in position order within a question: the
+    # branches are written in that order (prefix reuse) and the labels read back by the same keys
+    departures = [(q, i, branch_key(prompt, i, int(a), max_new_tokens))
+                  for q, (prompt, ref, mine) in enumerate(zip(prompts, references, slm_greedy))
+                  for i, (a, b) in enumerate(zip(mine, ref)) if a != b]
+    tokens_written = 0
+    with JsonlCache(cache_file) as cache:  # one line per branch: a cut build keeps what it graded
+        todo = [d for d in departures if d[2] not in cache]
+        if todo:
+            from relayllm.cloud.backends.llamacpp import physical_cores
+            from relayllm.edge.models import quiet_llama
+
+            llm = quiet_llama(model_path=str(llm_gguf), n_ctx=n_ctx, n_threads=physical_cores())
+            ends = {int(llm.token_eos()), *map(int, stop_ids)}
+            try:
+                for q, i, key in tqdm(todo, desc="R2R branches (the LLM writes on from each departure)",
+                                      disable=not progress, mininterval=1.0):
+                    answer = list(references[q][:i]) + [int(slm_greedy[q][i])]
+                    if answer[-1] not in ends:
+                        # reset=True with a shared prefix: llama-cpp-python re-reads only what changed
+                        for token in llm.generate(prompts[q] + answer, temp=0.0, top_k=1, reset=True):
+                            if len(answer) >= max_new_tokens:
+                                break
+                            answer.append(int(token))
+                            tokens_written += 1
+                            if token in ends:
+                                break
+                    cache.add({"key": key, "right": bool(is_right(q, answer)), "tokens": len(answer)})
+            finally:
+                llm.close()
+    labels = [np.zeros(len(ref), dtype=np.float32) for ref in references]
+    for q, i, key in departures:
+        labels[q][i] = float(not cache[key]["right"])
+    divergent = int(sum(row.sum() for row in labels))
+    return labels, {"departures": len(departures), "divergent": divergent, "branches_written": len(todo),
                     "branch_tokens_written": tokens_written}
