@@ -55,6 +55,7 @@ def _rows_ok(rows, where: str) -> None:
 
 CALL_AT = ("any", "numbers")  # WarmupConfig.call_at
 N_RULES = ("recover", "line", "fixed")  # WarmupConfig.n_rule
+AFTER_CALL = ("llm", "slm")  # WarmupConfig.after_call
 
 
 @dataclass
@@ -69,6 +70,9 @@ class WarmupConfig:
                                  "'random': the paper's, commands at random positions of the SLM's own solutions; "
                                  "'own': a command where the SLM's own answer first goes wrong on a number "
                                  "(training/relay/own_path.py; both GGUF files)")
+    after_call: str = _f("llm", "own: who writes on after the LLM's N tokens in a row with a command: 'llm' (the "
+                                "LLM's continuation, in the loss); 'slm' (the SLM's own greedy continuation, "
+                                "up to max_calls commands, kept only where it reaches the right answer)")
     n_call: int = _f(8, "N in the taught command at most (n_rule 'fixed': always)")
     n_rule: str = _f("recover", "'recover': N = the LLM span that brings the SLM back onto the LLM's path; "
                                 "'line': N = the rest of the LLM's line from the divergence (through its "
@@ -109,6 +113,7 @@ class WarmupConfig:
         for name in ("n_examples", "n_call", "max_new_tokens", "batch_size", "save_steps"):
             _need(getattr(self, name) >= 1, "warmup", f"{name} must be at least 1, got {getattr(self, name)}")
         _need(self.max_calls >= 0, "warmup", f"max_calls must be >= 0, got {self.max_calls}")
+        _need(self.after_call in AFTER_CALL, "warmup", f"after_call must be one of {AFTER_CALL}, got {self.after_call!r}")
         _need(self.n_rule in N_RULES, "warmup", f"n_rule must be one of {N_RULES}, got {self.n_rule!r}")
         _need(self.call_at in CALL_AT, "warmup", f"call_at must be one of {CALL_AT}, got {self.call_at!r}")
         _need(0.0 <= self.call_below <= 1.0, "warmup", f"call_below is a probability, got {self.call_below}")

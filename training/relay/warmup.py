@@ -16,7 +16,8 @@ The data are built from prompts with known answers, in one of three strategies:
   with `clean_context` each example becomes rows for an edge that drops commands from the
   SLM's context (command_context="drop"): the answer without commands, one row per command.
 - "own": the SLM's own greedy answers; a right one is a row without a command, a wrong one
-  gets a command where the LLM first disagrees with it on a number (training/relay/own_path.py).
+  gets a command where the LLM first disagrees with it on a number (training/relay/own_path.py);
+  after the LLM's N tokens the LLM writes on (`after_call="llm"`) or the SLM does ("slm").
 
 Loss on the answer only (never the prompt); tokens written by the LLM are left out of the
 loss by default (`train_llm_tokens=True` keeps them). Training is TRL's SFTTrainer on a
@@ -354,7 +355,8 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
             from relayllm.training.relay.own_path import own_examples
 
             examples = own_examples(slm, llm, tokenizer, pairs, out_dir, n_call=c.n_call, progress=progress,
-                                    max_new_tokens=c.max_new_tokens, grader=grader)
+                                    max_new_tokens=c.max_new_tokens, grader=grader, after_call=c.after_call,
+                                    max_calls=c.max_calls)
         else:
             llm_model = solutions = None
             if c.strategy == "guided" and c.llm_paths == "llama.cpp":
