@@ -22,6 +22,19 @@ def _key(prompt_ids: list[int], max_new_tokens: int) -> str:
     return hashlib.sha256(json.dumps([prompt_ids, max_new_tokens]).encode()).hexdigest()[:16]
 
 
+def greedy_ids(model, tokens: list[int], ends: set[int], limit: int) -> list[int]:
+    """`model`'s (a llama_cpp.Llama) greedy continuation of `tokens`, at most `limit` tokens, the
+    end token kept; llama.cpp reuses the prefix it evaluated last, so only new tokens cost."""
+    ids: list[int] = []
+    if limit <= 0:
+        return ids
+    for token in model.generate(tokens, temp=0.0, top_k=1, reset=True):
+        ids.append(int(token))
+        if token in ends or len(ids) >= limit:
+            break
+    return ids
+
+
 def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_tokens: int, *,
                    cache_file: str | Path | None = None, n_ctx: int = 2048, progress: bool = True,
                    stop_ids: tuple[int, ...] = (), desc: str = "LLM paths (llama.cpp, greedy)") -> list[list[int]]:
@@ -44,13 +57,8 @@ def gguf_solutions(llm_gguf: str | Path, prompts: list[list[int]], max_new_token
             ends = {int(llm.token_eos()), *map(int, stop_ids)}
             try:
                 for i in tqdm(todo, desc=desc, disable=not progress, mininterval=1.0):
-                    ids: list[int] = []
                     llm.reset()
-                    for token in llm.generate(prompts[i], temp=0.0, top_k=1, reset=True):
-                        ids.append(int(token))
-                        if token in ends or len(ids) >= max_new_tokens:
-                            break
-                    cache.add({"key": keys[i], "ids": ids})
+                    cache.add({"key": keys[i], "ids": greedy_ids(llm, prompts[i], ends, max_new_tokens)})
             finally:
                 llm.close()
     return [cache[k]["ids"] for k in keys]

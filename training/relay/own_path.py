@@ -59,6 +59,7 @@ def _llm_reads(llm_gguf, prompts, answers, todo, *, max_new_tokens: int, stop_id
 
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.edge.models import quiet_llama
+    from relayllm.training.relay.llm_paths import greedy_ids
 
     if not todo:
         return
@@ -72,28 +73,10 @@ def _llm_reads(llm_gguf, prompts, answers, todo, *, max_new_tokens: int, stop_id
             llm.eval(prompt + answer)
             rows = np.asarray(llm.scores[len(prompt) - 1: len(prompt) - 1 + len(answer)])
             t = first_numeric_divergence(answer, rows.argmax(-1).tolist(), numeric)
-            ids: list[int] = []
-            if t is not None:  # generate() reuses the evaluated prefix: only the new tokens cost
-                for token in llm.generate(prompt + answer[:t], temp=0.0, top_k=1, reset=True):
-                    ids.append(int(token))
-                    if token in ends or t + len(ids) >= max_new_tokens:
-                        break
+            ids = [] if t is None else greedy_ids(llm, prompt + answer[:t], ends, max_new_tokens - t)
             cache.add({"question": i, "prompt": prompt, "t": t, "ids": ids})
     finally:
         llm.close()
-
-
-def _greedy(model, tokens: list[int], ends: set[int], limit: int) -> list[int]:
-    """`model`'s greedy continuation of `tokens` (llama.cpp; the evaluated prefix is reused),
-    at most `limit` tokens, the end token kept."""
-    ids: list[int] = []
-    if limit <= 0:
-        return ids
-    for token in model.generate(tokens, temp=0.0, top_k=1, reset=True):
-        ids.append(int(token))
-        if token in ends or len(ids) >= limit:
-            break
-    return ids
 
 
 def hand_off(answer: list[int], t: int | None, cont: list[int], *, line, slm_writes, llm_diverges, llm_writes, right,
@@ -127,6 +110,7 @@ def _handoffs(slm_gguf, llm_gguf, prompts, answers, reads, todo, *, right, n_cal
 
     from relayllm.cloud.backends.llamacpp import physical_cores
     from relayllm.edge.models import quiet_llama
+    from relayllm.training.relay.llm_paths import greedy_ids
 
     if not todo:
         return
@@ -136,7 +120,7 @@ def _handoffs(slm_gguf, llm_gguf, prompts, answers, reads, todo, *, right, n_cal
 
     # the models' parts of hand_off, for the question `i` in hand (the loop below sets it)
     def slm_writes(head):
-        return _greedy(slm, prompts[i] + head, ends, max_new_tokens - len(head))
+        return greedy_ids(slm, prompts[i] + head, ends, max_new_tokens - len(head))
 
     def llm_diverges(text, after):  # the LLM reads the text; its next numeric divergence from `after` on
         llm.reset()
@@ -150,7 +134,7 @@ def _handoffs(slm_gguf, llm_gguf, prompts, answers, reads, todo, *, right, n_cal
                       mininterval=1.0):
             calls, text, ok = hand_off(answers[i], reads[i]["t"], reads[i]["ids"], line=lambda c: line(c, n_call),
                                        slm_writes=slm_writes, llm_diverges=llm_diverges,
-                                       llm_writes=lambda head: _greedy(llm, prompts[i] + head, ends, n_call),
+                                       llm_writes=lambda head: greedy_ids(llm, prompts[i] + head, ends, n_call),
                                        right=lambda text: right(i, text), max_calls=max_calls, ends=ends)
             cache.add({"question": i, "prompt": prompts[i], "max_calls": max_calls, "calls": calls, "text": text,
                        "right": ok})
