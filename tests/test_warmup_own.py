@@ -85,7 +85,6 @@ def test_own_rows_call_where_the_slm_goes_wrong_and_resume_from_the_cache(pair_a
     assert [(e.completion_ids, e.calls, sum(e.llm_mask)) for e in right] == [(a, 0, 0) for a in answers]
 
 
-
 def test_hand_off_calls_again_where_the_slms_text_still_goes_wrong():
     """The loop of after_call="slm" with scripted models: a second numeric divergence in the
     SLM's continuation is what real models give only now and then, so it is scripted here."""

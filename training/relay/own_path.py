@@ -50,11 +50,23 @@ def first_numeric_divergence(answer: list[int], llm_greedy: list[int], numeric) 
     return None
 
 
+def _llm_divergence(llm, prompt: list[int], text: list[int], after: int, numeric) -> int | None:
+    """The LLM (a llama_cpp.Llama with logits_all) reads `text` teacher-forced after `prompt`:
+    the first position from `after` on where its greedy token and the text's differ on a
+    number or a sign, else None."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt + text)
+    rows = np.asarray(llm.scores[len(prompt) - 1: len(prompt) - 1 + len(text)])
+    d = first_numeric_divergence(text[after:], rows.argmax(-1).tolist()[after:], numeric)
+    return None if d is None else after + d
+
+
 def _llm_reads(llm_gguf, prompts, answers, todo, *, max_new_tokens: int, stop_ids, numeric, cache,
                progress: bool) -> None:
     """Step 3 for the questions `todo`: a row {"question", "prompt", "t": divergence or None,
     "ids": the LLM's continuation from there} per question, added to `cache` (a JsonlCache)."""
-    import numpy as np
     from tqdm.auto import tqdm
 
     from relayllm.cloud.backends.llamacpp import physical_cores
@@ -69,10 +81,7 @@ def _llm_reads(llm_gguf, prompts, answers, todo, *, max_new_tokens: int, stop_id
         for i in tqdm(todo, desc="LLM reads the SLM's wrong answers (llama.cpp)", disable=not progress,
                       mininterval=1.0):
             prompt, answer = prompts[i], answers[i]
-            llm.reset()
-            llm.eval(prompt + answer)
-            rows = np.asarray(llm.scores[len(prompt) - 1: len(prompt) - 1 + len(answer)])
-            t = first_numeric_divergence(answer, rows.argmax(-1).tolist(), numeric)
+            t = _llm_divergence(llm, prompt, answer, 0, numeric)
             ids = [] if t is None else greedy_ids(llm, prompt + answer[:t], ends, max_new_tokens - t)
             cache.add({"question": i, "prompt": prompt, "t": t, "ids": ids})
     finally:
@@ -105,7 +114,6 @@ def _handoffs(slm_gguf, llm_gguf, prompts, answers, reads, todo, *, right, n_cal
     """Step 4 for the questions `todo` (module docstring): a row {"question", "prompt", "calls":
     [[t, n], ...] (positions in the clean text), "text": the clean text, "right", "max_calls"} per question,
     added to `cache`. Both models stay loaded; they run one after the other, never at once."""
-    import numpy as np
     from tqdm.auto import tqdm
 
     from relayllm.cloud.backends.llamacpp import physical_cores
@@ -118,22 +126,14 @@ def _handoffs(slm_gguf, llm_gguf, prompts, answers, reads, todo, *, right, n_cal
     llm = quiet_llama(model_path=str(llm_gguf), n_ctx=2048, n_threads=physical_cores(), logits_all=True)
     ends = {int(llm.token_eos()), int(slm.token_eos()), *map(int, stop_ids)}
 
-    # the models' parts of hand_off, for the question `i` in hand (the loop below sets it)
-    def slm_writes(head):
-        return greedy_ids(slm, prompts[i] + head, ends, max_new_tokens - len(head))
-
-    def llm_diverges(text, after):  # the LLM reads the text; its next numeric divergence from `after` on
-        llm.reset()
-        llm.eval(prompts[i] + text)
-        rows = np.asarray(llm.scores[len(prompts[i]) - 1: len(prompts[i]) - 1 + len(text)])
-        d = first_numeric_divergence(text[after:], rows.argmax(-1).tolist()[after:], numeric)
-        return None if d is None else after + d
-
     try:
         for i in tqdm(todo, desc="SLM writes on after the LLM's line (llama.cpp)", disable=not progress,
                       mininterval=1.0):
             calls, text, ok = hand_off(answers[i], reads[i]["t"], reads[i]["ids"], line=lambda c: line(c, n_call),
-                                       slm_writes=slm_writes, llm_diverges=llm_diverges,
+                                       slm_writes=lambda head: greedy_ids(slm, prompts[i] + head, ends,
+                                                                          max_new_tokens - len(head)),
+                                       llm_diverges=lambda text, after: _llm_divergence(llm, prompts[i], text, after,
+                                                                                        numeric),
                                        llm_writes=lambda head: greedy_ids(llm, prompts[i] + head, ends, n_call),
                                        right=lambda text: right(i, text), max_calls=max_calls, ends=ends)
             cache.add({"question": i, "prompt": prompts[i], "max_calls": max_calls, "calls": calls, "text": text,
@@ -148,7 +148,6 @@ def own_examples(slm_gguf, llm_gguf, tokenizer, pairs: list[tuple[str, str]], ou
     """The strategy's WarmupExamples (module docstring) for (prompt text, answer) pairs;
     `after_call`: who writes on after the LLM's N tokens ("llm" or "slm", step 4)."""
     from relayllm.training.jsonl_cache import JsonlCache
-    from relayllm.training.relay.checkpoints import command_ids
     from relayllm.training.relay.llm_paths import gguf_solutions
     from relayllm.training.relay.warmup import WarmupExample, _numeric, line_span
 
@@ -191,15 +190,11 @@ def own_examples(slm_gguf, llm_gguf, tokenizer, pairs: list[tuple[str, str]], ou
         t, cont = reads[i]["t"], reads[i]["ids"]
         if t is None or not grader(tokenizer.decode(answer[:t] + cont, skip_special_tokens=True), pairs[i][1]):
             continue  # no place to call, or the LLM does not bring this answer to the right result
-        n = line_span(cont, tokenizer, 0, n_call)
-        cmd = command_ids(tokenizer, n)
-        completion = answer[:t] + cmd + cont
-        mask = [0] * (t + len(cmd)) + [1] * n + [0] * (len(cont) - n)
-        examples.append(WarmupExample(prompt, completion, mask, 1))
+        examples.append(_with_commands(answer[:t] + cont, [[t, line_span(cont, tokenizer, 0, n_call)]], prompt,
+                                       tokenizer))
     if not examples:
         raise TrainingError("no warm-up example: the SLM solved none of the prompts and the LLM rescued none")
     return examples
-
 
 
 def _with_commands(text: list[int], calls: list, prompt: list[int], tokenizer):
