@@ -29,7 +29,6 @@ def test_module_import_is_light():
     ('{"out": "o", "warmup": {"call_below": true}}', [], "[warmup] call_below: expected float, got True"),
     ('{"out": "o", "grpo": {"group_size": 1}}', ["grpo"], "group_size must be at least 2"),
     ('{"out": "o", "warmup": {"strategy": "nope"}}', [], "strategy must be one of"),
-    ('{"out": "o", "warmup": {"after_call": "cloud"}}', [], "after_call must be one of"),
     ('{"out": "o", "export": {"quants": ["q3"]}}', ["export"], "unknown quantization(s) ['q3']"),
     ('{"out": "o", "sln": "x"}', [], "unknown key(s) at the top: sln"),
     ('{"out": "o", "data": "/nonexistent/d.jsonl"}', [], "data: no such file"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from relayllm.protos.protocol import COMMAND_CONTEXT_KEY
 from relayllm.training.errors import TrainingError
-from relayllm.training.relay.config import STAGES
+from relayllm.training.relay.config import OWN_STRATEGIES, STAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +125,7 @@ def run(args) -> int:
         from relayllm.training.relay.warmup import DONE_MARK, run_warmup
 
         slm = _model(cfg.warmup.input or cfg.slm, "slm checkpoint")
-        llm = _model(cfg.llm, "llm checkpoint") if cfg.warmup.strategy in ("guided", "own") else None
+        llm = _model(cfg.llm, "llm checkpoint") if cfg.warmup.strategy in ("guided", *OWN_STRATEGIES) else None
         done = run_warmup(slm, llm, out / "warmup", cfg.warmup, questions=questions, **common)
         summary = json.loads((done / DONE_MARK).read_text())
         print(f"warm-up: {summary['examples']} examples, {summary['calls']} commands, {summary['steps']} steps, "

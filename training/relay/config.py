@@ -32,7 +32,8 @@ from relayllm.training.errors import TrainingError
 from relayllm.training.relay.rewards import REWARDS as REWARD_KINDS
 
 STAGES = ("warmup", "grpo", "export")
-WARMUP_STRATEGIES = ("random", "guided", "own")
+OWN_STRATEGIES = ("own", "own-handoff")  # rows from the SLM's own answers (training/relay/own_path.py)
+WARMUP_STRATEGIES = ("random", "guided", *OWN_STRATEGIES)
 QUANTS = ("q8_0", "q4_k_m", "q4_0", "q5_k_m", "q6_k")
 
 
@@ -55,7 +56,6 @@ def _rows_ok(rows, where: str) -> None:
 
 CALL_AT = ("any", "numbers")  # WarmupConfig.call_at
 N_RULES = ("recover", "line", "fixed")  # WarmupConfig.n_rule
-AFTER_CALL = ("llm", "slm")  # WarmupConfig.after_call
 
 
 @dataclass
@@ -68,11 +68,10 @@ class WarmupConfig:
                                        "the model sees it, graded as the built-in task")
     strategy: str = _f("guided", "'guided': commands where the SLM departs from the LLM's path; "
                                  "'random': the paper's, commands at random positions of the SLM's own solutions; "
-                                 "'own': a command where the SLM's own answer first goes wrong on a number "
-                                 "(training/relay/own_path.py; both GGUF files)")
-    after_call: str = _f("llm", "own: who writes on after the LLM's N tokens in a row with a command: 'llm' (the "
-                                "LLM's continuation, in the loss); 'slm' (the SLM's own greedy continuation, "
-                                "up to max_calls commands, kept only where it reaches the right answer)")
+                                 "'own': a command where the SLM's own answer first goes wrong on a number, "
+                                 "the LLM writes on; 'own-handoff': the same command, the LLM writes its line and "
+                                 "the SLM writes on, up to max_calls commands (training/relay/own_path.py; both "
+                                 "GGUF files)")
     n_call: int = _f(8, "N in the taught command at most (n_rule 'fixed': always)")
     n_rule: str = _f("recover", "'recover': N = the LLM span that brings the SLM back onto the LLM's path; "
                                 "'line': N = the rest of the LLM's line from the divergence (through its "
@@ -113,7 +112,6 @@ class WarmupConfig:
         for name in ("n_examples", "n_call", "max_new_tokens", "batch_size", "save_steps"):
             _need(getattr(self, name) >= 1, "warmup", f"{name} must be at least 1, got {getattr(self, name)}")
         _need(self.max_calls >= 0, "warmup", f"max_calls must be >= 0, got {self.max_calls}")
-        _need(self.after_call in AFTER_CALL, "warmup", f"after_call must be one of {AFTER_CALL}, got {self.after_call!r}")
         _need(self.n_rule in N_RULES, "warmup", f"n_rule must be one of {N_RULES}, got {self.n_rule!r}")
         _need(self.call_at in CALL_AT, "warmup", f"call_at must be one of {CALL_AT}, got {self.call_at!r}")
         _need(0.0 <= self.call_below <= 1.0, "warmup", f"call_below is a probability, got {self.call_below}")

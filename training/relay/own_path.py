@@ -18,14 +18,14 @@ text the SLM really writes, at the point where that text starts to go wrong:
    (the rest of its line, at most n_call: warmup.line_span; written by the LLM, so out of the
    loss), then the rest of the LLM's continuation (in the loss, as after a guided command).
    Where it does not, the question gives no row.
-4. with `after_call="slm"` the LLM writes only its N tokens and the SLM writes on from there
-   (greedy, its GGUF, commands kept out of its context as the edge's command_context="drop"
-   does). Where that goes wrong too, the LLM reads the new text and the SLM calls again at its
+4. strategy "own-handoff" (`after_call="slm"`): the LLM writes only its N tokens and the SLM
+   writes on from there (greedy, its GGUF, commands kept out of its context as the edge's
+   command_context="drop" does). Where that goes wrong too, the LLM reads the new text and the SLM calls again at its
    next numeric divergence, up to `max_calls` commands. The row is kept only where the SLM's
    text reaches the right result, so everything in the loss is the SLM's own words and its
    commands: the calls are taught without teaching the SLM the LLM's wording. Measured on 128
    questions (README, "Relay training on the pair"): the SLM alone fell from 32% to 24% with
-   "llm" and to 22% with "slm", so the wording was not what cost its own accuracy.
+   "own" and to 22% with "own-handoff", so the wording was not what cost its own accuracy.
 
 Each stage is appended to a JSONL cache in the run's folder, one line per question, so an
 interrupted build goes on where it stopped; progress bars show the ETA.

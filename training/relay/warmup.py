@@ -17,7 +17,7 @@ The data are built from prompts with known answers, in one of three strategies:
   SLM's context (command_context="drop"): the answer without commands, one row per command.
 - "own": the SLM's own greedy answers; a right one is a row without a command, a wrong one
   gets a command where the LLM first disagrees with it on a number (training/relay/own_path.py);
-  after the LLM's N tokens the LLM writes on (`after_call="llm"`) or the SLM does ("slm").
+  after the LLM's N tokens the LLM writes on; "own-handoff": the SLM writes on.
 
 Loss on the answer only (never the prompt); tokens written by the LLM are left out of the
 loss by default (`train_llm_tokens=True` keeps them). Training is TRL's SFTTrainer on a
@@ -36,6 +36,7 @@ import torch
 
 from relayllm.training.errors import TrainingError
 from relayllm.training.relay.checkpoints import add_command_tokens, command_ids, load_checkpoint
+from relayllm.training.relay.config import OWN_STRATEGIES
 from relayllm.training.relay.config import WARMUP_STRATEGIES as STRATEGIES
 from relayllm.training.relay.config import WarmupConfig
 from relayllm.training.relay.lora import (LORA_TARGETS, head_rows_checkpoints, restore_command_head_rows,  # noqa: F401
@@ -351,11 +352,12 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
         out_dir.mkdir(parents=True, exist_ok=True)
         pairs = _rows(rows, prompts, answers, c.n_examples, seed, questions=questions, tokenizer=tokenizer)
         grader = questions.grader if questions is not None else None
-        if c.strategy == "own":  # training/relay/own_path.py: the SLM's own answers, both GGUFs
+        if c.strategy in OWN_STRATEGIES:  # training/relay/own_path.py: the SLM's own answers, both GGUFs
             from relayllm.training.relay.own_path import own_examples
 
             examples = own_examples(slm, llm, tokenizer, pairs, out_dir, n_call=c.n_call, progress=progress,
-                                    max_new_tokens=c.max_new_tokens, grader=grader, after_call=c.after_call,
+                                    max_new_tokens=c.max_new_tokens, grader=grader,
+                                    after_call="slm" if c.strategy == "own-handoff" else "llm",
                                     max_calls=c.max_calls)
         else:
             llm_model = solutions = None
@@ -368,7 +370,7 @@ def run_warmup(slm, llm, out_dir, config: WarmupConfig | None = None, *, questio
                                       max_new_tokens=c.max_new_tokens, solved_only=c.solved_only, grader=grader,
                                       n_rule=c.n_rule, solutions=solutions, call_at=c.call_at)
             del llm_model
-        if c.clean_context and c.strategy in ("guided", "own"):
+        if c.clean_context and c.strategy in ("guided", *OWN_STRATEGIES):
             examples = [row for ex in examples for row in clean_context_rows(ex, open_id, close_id)]
         data_file.write_text("".join(json.dumps(asdict(ex)) + "\n" for ex in examples))
     if c.lora_r > 0:
