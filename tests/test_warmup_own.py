@@ -27,6 +27,20 @@ def test_first_numeric_divergence_skips_wording_and_agreement():
     assert own_path.first_numeric_divergence([1, 2, 3], [1, 8, 3], numeric) == 1  # the LLM's token is the digit
 
 
+ASK = "<|im_start|>user\n{} Answer with the computation only.<|im_end|>\n<|im_start|>assistant\n"
+PENS = (ASK.format("A shop sells pens at 3 dollars each. Tom buys 17 pens and pays with a 100 dollar bill. "
+                   "How much change does he get?"), "49")
+
+
+def _slm_answers(slm, tok, pairs, tmp_path):
+    """The prompts' tokens and the SLM's greedy answers (80 tokens), cached where own_examples reads them."""
+    from relayllm.training.relay.llm_paths import gguf_solutions
+
+    prompts = [tok.encode(p, add_special_tokens=False) for p, _ in pairs]
+    return prompts, gguf_solutions(slm, prompts, 80, cache_file=tmp_path / own_path.SLM_ANSWERS_FILE,
+                                   progress=False, stop_ids=(tok.eos_token_id,))
+
+
 @pytest.fixture(scope="module")
 def pair_and_tokenizer():
     from transformers import AutoTokenizer
@@ -39,10 +53,8 @@ def pair_and_tokenizer():
 
 def test_own_rows_call_where_the_slm_goes_wrong_and_resume_from_the_cache(pair_and_tokenizer, tmp_path):
     slm, llm, tok = pair_and_tokenizer
-    ask = "<|im_start|>user\n{} Answer with the computation only.<|im_end|>\n<|im_start|>assistant\n"
-    pairs = [(ask.format("A shop sells pens at 3 dollars each. Tom buys 17 pens and pays with a 100 dollar bill. "
-                         "How much change does he get?"), "49"),
-             (ask.format("A train travels 84 km in 1.5 hours, then 126 km in 2.25 hours. What is its average "
+    pairs = [PENS,
+             (ASK.format("A train travels 84 km in 1.5 hours, then 126 km in 2.25 hours. What is its average "
                          "speed in km per hour over the whole trip?"), "56")]
     seen: dict[str, str] = {}
 
@@ -50,11 +62,7 @@ def test_own_rows_call_where_the_slm_goes_wrong_and_resume_from_the_cache(pair_a
         own = text in seen.values()
         return not own
 
-    from relayllm.training.relay.llm_paths import gguf_solutions
-
-    prompts = [tok.encode(p, add_special_tokens=False) for p, _ in pairs]
-    answers = gguf_solutions(slm, prompts, 80, cache_file=tmp_path / own_path.SLM_ANSWERS_FILE, progress=False,
-                             stop_ids=(tok.eos_token_id,))
+    prompts, answers = _slm_answers(slm, tok, pairs, tmp_path)
     for (p, _), a in zip(pairs, answers):
         seen[p] = tok.decode(a, skip_special_tokens=True)
     examples = own_path.own_examples(slm, llm, tok, pairs, tmp_path, grader=grader, n_call=32, max_new_tokens=80,
@@ -117,14 +125,10 @@ def test_after_call_slm_keeps_the_slms_own_words_after_the_llms_line(pair_and_to
     from relayllm.training.relay.llm_paths import gguf_solutions
 
     slm, llm, tok = pair_and_tokenizer
-    ask = "<|im_start|>user\n{} Answer with the computation only.<|im_end|>\n<|im_start|>assistant\n"
-    pairs = [(ask.format("A shop sells pens at 3 dollars each. Tom buys 17 pens and pays with a 100 dollar bill. "
-                         "How much change does he get?"), "49"),
-             (ask.format("A farmer has 23 cows and buys 3 times as many sheep, then sells 17 sheep. How many "
+    pairs = [PENS,
+             (ASK.format("A farmer has 23 cows and buys 3 times as many sheep, then sells 17 sheep. How many "
                          "animals does he have?"), "75")]
-    prompts = [tok.encode(p, add_special_tokens=False) for p, _ in pairs]
-    answers = gguf_solutions(slm, prompts, 80, cache_file=tmp_path / own_path.SLM_ANSWERS_FILE, progress=False,
-                             stop_ids=(tok.eos_token_id,))
+    prompts, answers = _slm_answers(slm, tok, pairs, tmp_path)
     own = {tok.decode(a, skip_special_tokens=True) for a in answers}
 
     def handed_off_is_right(text, answer):  # the SLM's own answers are wrong, a handed-off text right
